@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The test command. On a fresh machine it installs what the tests need, starts a Docker daemon and a
+# registry on 127.0.0.1 when none answers, then runs formatting and lint checks and every test.
+#
+#   scripts/test.sh              # everything
+#   scripts/test.sh -- FILTER    # only tests whose name contains FILTER (after the checks)
+#
+# Services it starts keep running afterwards (reruns are fast); their logs and data live under
+# target/test-env/. Environment:
+#   IMAGE_PRELOADER_TEST_REGISTRY  registry address for the tests (default 127.0.0.1:5000)
+#   DOCKER_HOST                    daemon for the tests (default unix:///var/run/docker.sock)
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+# shellcheck source=scripts/env.sh
+source "$ROOT/scripts/env.sh"
+
+filter=()
+if [ "${1:-}" = "--" ]; then
+  shift
+  filter=("$@")
+fi
+
+ensure_packages
+ensure_dockerd
+ensure_registry
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --all-targets --quiet -- -D warnings
+
+step "cargo test"
+cargo test --all-targets --quiet -- "${filter[@]}"
+
+step "all tests passed"

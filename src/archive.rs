@@ -1,0 +1,499 @@
+//! The archive directory: where archives live, and how a new one is written and published.
+//!
+//! A new archive is streamed into a temporary file in the archive's own directory, named
+//! `.<archive-name>.<random>.image-preloader-partial` and held under an exclusive `flock` while it is
+//! written. Every byte passes through the tar scanner on its way to disk. Only when the stream
+//! ended, the tar is whole and the image layout is complete is the file fsynced and renamed over the
+//! final name, and the directory fsynced. A failed, abandoned or killed build therefore never
+//! touches the previous archive; leftovers of killed runs are removed by the next start (files that
+//! match the pattern and whose lock nobody holds).
+
+use std::fs::{self, File, TryLockError};
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use tempfile::NamedTempFile;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use walkdir::WalkDir;
+
+use crate::layout::{self, ArchiveContents, LayoutError};
+use crate::tar::{TarError, TarScanner};
+
+/// Suffix of the temporary files this tool writes (the whole pattern is
+/// `.<archive-name>.<random><TEMP_SUFFIX>`).
+pub const TEMP_SUFFIX: &str = ".image-preloader-partial";
+/// Start asynchronous write-back every this many bytes, so the final fsync has little left to do
+/// and a large export does not pile up dirty pages on the node.
+const WRITEBACK_STEP: u64 = 16 << 20;
+/// Chunks buffered between the network and the disk writer.
+const CHANNEL_CHUNKS: usize = 8;
+/// Archive files are readable by the runner pods that load them.
+const ARCHIVE_MODE: u32 = 0o644;
+
+/// Errors about the archive directory and the files in it.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("cannot read {path}: {source}")]
+    Stat { path: PathBuf, source: io::Error },
+    #[error("{path} exists but is not a regular file")]
+    NotAFile { path: PathBuf },
+    #[error("cannot create directory {path}: {source}")]
+    CreateDir { path: PathBuf, source: io::Error },
+    #[error("cannot create a temporary file in {dir}: {source}")]
+    CreateTemp { dir: PathBuf, source: io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("the export for {path} is not a valid tar: {source}")]
+    Tar { path: PathBuf, source: TarError },
+    #[error("the export for {path} is not a complete image archive: {source}")]
+    Layout { path: PathBuf, source: LayoutError },
+    #[error("cannot publish {path}: {source}")]
+    Publish { path: PathBuf, source: io::Error },
+    #[error("cannot remove leftover {path}: {source}")]
+    Cleanup { path: PathBuf, source: io::Error },
+    #[error("the write of {path} was abandoned")]
+    Abandoned { path: PathBuf },
+}
+
+/// The directory that holds the archives.
+#[derive(Debug, Clone)]
+pub struct ArchiveStore {
+    root: PathBuf,
+}
+
+/// A published archive.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// Its final path.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// What it holds.
+    pub contents: ArchiveContents,
+}
+
+impl ArchiveStore {
+    /// The store rooted at `root` (created when the first archive is written).
+    pub fn new(root: impl Into<PathBuf>) -> ArchiveStore {
+        ArchiveStore { root: root.into() }
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The absolute path of an archive given relative to the directory.
+    pub fn path_of(&self, relative: &Path) -> PathBuf {
+        self.root.join(relative)
+    }
+
+    /// The archive's modification time, or `None` if there is no archive.
+    pub fn modified(&self, relative: &Path) -> Result<Option<SystemTime>, ArchiveError> {
+        let path = self.path_of(relative);
+        match fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => meta
+                .modified()
+                .map(Some)
+                .map_err(|source| ArchiveError::Stat { path, source }),
+            Ok(_) => Err(ArchiveError::NotAFile { path }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(ArchiveError::Stat { path, source }),
+        }
+    }
+
+    /// Removes temporary files left by killed runs. Files another live process is writing (it
+    /// holds their lock) are left alone. Returns what was removed.
+    pub fn remove_leftovers(&self) -> Result<Vec<PathBuf>, ArchiveError> {
+        let mut removed = Vec::new();
+        if !self.root.is_dir() {
+            return Ok(removed);
+        }
+        // Archives are at most two levels deep (`<user>/<image>_<tag>.tar`), so are temporaries.
+        for entry in WalkDir::new(&self.root)
+            .min_depth(1)
+            .max_depth(2)
+            .follow_links(false)
+        {
+            let entry = entry.map_err(|e| ArchiveError::Stat {
+                path: e.path().unwrap_or(&self.root).to_owned(),
+                source: e.into(),
+            })?;
+            if !entry.file_type().is_file()
+                || !is_temporary(entry.file_name().to_str().unwrap_or(""))
+            {
+                continue;
+            }
+            let path = entry.path();
+            let cleanup = |source| ArchiveError::Cleanup {
+                path: path.to_owned(),
+                source,
+            };
+            let file = match File::open(path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(cleanup(e)),
+            };
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(TryLockError::WouldBlock) => continue,
+                Err(TryLockError::Error(e)) => return Err(cleanup(e)),
+            }
+            match fs::remove_file(path) {
+                Ok(()) => removed.push(path.to_owned()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(cleanup(e)),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Starts writing the archive at `relative`: creates its directory and a locked temporary
+    /// file next to the final name.
+    pub fn create(&self, relative: &Path) -> Result<ArchiveWriter, ArchiveError> {
+        let path = self.path_of(relative);
+        let dir = path.parent().unwrap_or(&self.root).to_owned();
+        fs::create_dir_all(&dir).map_err(|source| ArchiveError::CreateDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let temp = tempfile::Builder::new()
+            .prefix(&format!(".{file_name}."))
+            .suffix(TEMP_SUFFIX)
+            .rand_bytes(6)
+            .tempfile_in(&dir)
+            .map_err(|source| ArchiveError::CreateTemp {
+                dir: dir.clone(),
+                source,
+            })?;
+        temp.as_file()
+            .lock()
+            .map_err(|source| ArchiveError::CreateTemp {
+                dir: dir.clone(),
+                source,
+            })?;
+        Ok(ArchiveWriter {
+            temp,
+            path,
+            dir,
+            scanner: TarScanner::new(layout::capture_filter),
+            written: 0,
+            writeback_from: 0,
+        })
+    }
+}
+
+/// Whether a file name matches this tool's temporary pattern.
+pub fn is_temporary(file_name: &str) -> bool {
+    file_name.starts_with('.') && file_name.ends_with(TEMP_SUFFIX)
+}
+
+/// An archive being written. Dropping it removes the temporary file.
+#[derive(Debug)]
+pub struct ArchiveWriter {
+    temp: NamedTempFile,
+    path: PathBuf,
+    dir: PathBuf,
+    scanner: TarScanner,
+    written: u64,
+    writeback_from: u64,
+}
+
+impl ArchiveWriter {
+    /// The final path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The temporary file's path.
+    pub fn temp_path(&self) -> &Path {
+        self.temp.path()
+    }
+
+    /// Appends the next bytes of the export.
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), ArchiveError> {
+        self.scanner
+            .update(chunk)
+            .map_err(|source| ArchiveError::Tar {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.temp
+            .as_file_mut()
+            .write_all(chunk)
+            .map_err(|source| ArchiveError::Write {
+                path: self.temp.path().to_owned(),
+                source,
+            })?;
+        self.written += chunk.len() as u64;
+        if self.written - self.writeback_from >= WRITEBACK_STEP {
+            start_writeback(
+                self.temp.as_file(),
+                self.writeback_from,
+                self.written - self.writeback_from,
+            );
+            self.writeback_from = self.written;
+        }
+        Ok(())
+    }
+
+    /// Checks the archive is complete, makes it durable and renames it over the final name.
+    pub fn publish(self) -> Result<Published, ArchiveError> {
+        let ArchiveWriter {
+            temp,
+            path,
+            dir,
+            scanner,
+            written,
+            ..
+        } = self;
+        let listing = scanner.finish().map_err(|source| ArchiveError::Tar {
+            path: path.clone(),
+            source,
+        })?;
+        let contents = layout::check(&listing).map_err(|source| ArchiveError::Layout {
+            path: path.clone(),
+            source,
+        })?;
+        let publish_err = |source| ArchiveError::Publish {
+            path: path.clone(),
+            source,
+        };
+        let file = temp.as_file();
+        file.set_permissions(fs::Permissions::from_mode(ARCHIVE_MODE))
+            .map_err(publish_err)?;
+        file.sync_all().map_err(publish_err)?;
+        temp.persist(&path).map_err(|e| publish_err(e.error))?;
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(publish_err)?;
+        Ok(Published {
+            path,
+            bytes: written,
+            contents,
+        })
+    }
+
+    /// Runs this writer on a blocking thread and returns the async end that feeds it.
+    pub fn spawn(self) -> ArchiveSink {
+        let (tx, mut rx) = mpsc::channel::<Message>(CHANNEL_CHUNKS);
+        let task = tokio::task::spawn_blocking(move || {
+            let mut writer = self;
+            loop {
+                match rx.blocking_recv() {
+                    Some(Message::Data(chunk)) => writer.write(&chunk)?,
+                    Some(Message::Commit) => return writer.publish(),
+                    None => {
+                        return Err(ArchiveError::Abandoned {
+                            path: writer.path.clone(),
+                        });
+                    }
+                }
+            }
+        });
+        ArchiveSink { tx, task }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // Best effort: failures only mean the final fsync does all the work.
+    // SAFETY: the descriptor is valid for the lifetime of `file`; the call only reads its arguments.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
+
+enum Message {
+    Data(Bytes),
+    Commit,
+}
+
+/// The async end of an [`ArchiveWriter`] running on a blocking thread.
+#[derive(Debug)]
+pub struct ArchiveSink {
+    tx: mpsc::Sender<Message>,
+    task: JoinHandle<Result<Published, ArchiveError>>,
+}
+
+impl ArchiveSink {
+    /// Sends the next chunk. On error the writer has stopped: call [`ArchiveSink::commit`] or
+    /// [`ArchiveSink::abandon`] to learn why.
+    pub async fn send(&self, chunk: Bytes) -> Result<(), ()> {
+        self.tx.send(Message::Data(chunk)).await.map_err(drop)
+    }
+
+    /// Ends the stream and publishes the archive.
+    pub async fn commit(self) -> Result<Published, ArchiveError> {
+        // If the writer already stopped, its result says why.
+        let _ = self.tx.send(Message::Commit).await;
+        drop(self.tx);
+        join(self.task).await
+    }
+
+    /// Abandons the archive and waits until its temporary file is gone. Returns the writer's own
+    /// error if it had already failed.
+    pub async fn abandon(self) -> Option<ArchiveError> {
+        drop(self.tx);
+        match join(self.task).await {
+            Err(ArchiveError::Abandoned { .. }) | Ok(_) => None,
+            Err(e) => Some(e),
+        }
+    }
+}
+
+async fn join(
+    task: JoinHandle<Result<Published, ArchiveError>>,
+) -> Result<Published, ArchiveError> {
+    match task.await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => panic!("archive writer task failed: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tar::tests::TarBuilder;
+
+    fn image_tar() -> Vec<u8> {
+        let config = "ab".repeat(32);
+        let manifest = format!(
+            r#"[{{"Config":"{config}.json","RepoTags":["a:1"],"Layers":["l/layer.tar"]}}]"#
+        );
+        TarBuilder::default()
+            .file("l/layer.tar", &[1; 2000])
+            .file(&format!("{config}.json"), b"{}")
+            .file("manifest.json", manifest.as_bytes())
+            .end()
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = WalkDir::new(dir)
+            .min_depth(1)
+            .into_iter()
+            .map(|e| {
+                e.unwrap()
+                    .path()
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn publishes_atomically_with_readable_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArchiveStore::new(dir.path());
+        let rel = Path::new("user/app_1.tar");
+        let bytes = image_tar();
+        let mut writer = store.create(rel).unwrap();
+        assert!(is_temporary(
+            writer.temp_path().file_name().unwrap().to_str().unwrap()
+        ));
+        for chunk in bytes.chunks(333) {
+            writer.write(chunk).unwrap();
+        }
+        assert_eq!(
+            store.modified(rel).unwrap(),
+            None,
+            "nothing under the final name before publish"
+        );
+        let published = writer.publish().unwrap();
+        assert_eq!(published.bytes, bytes.len() as u64);
+        assert_eq!(fs::read(store.path_of(rel)).unwrap(), bytes);
+        let mode = fs::metadata(store.path_of(rel))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, ARCHIVE_MODE);
+        assert_eq!(entries(dir.path()), ["user", "user/app_1.tar"]);
+    }
+
+    #[test]
+    fn incomplete_export_leaves_the_old_archive() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArchiveStore::new(dir.path());
+        let rel = Path::new("app_1.tar");
+        fs::write(store.path_of(rel), b"old archive").unwrap();
+        let bytes = image_tar();
+        let mut writer = store.create(rel).unwrap();
+        writer.write(&bytes[..bytes.len() - 1024]).unwrap();
+        let err = writer.publish().unwrap_err();
+        assert!(matches!(err, ArchiveError::Tar { .. }), "{err}");
+        assert_eq!(fs::read(store.path_of(rel)).unwrap(), b"old archive");
+        assert_eq!(entries(dir.path()), ["app_1.tar"]);
+    }
+
+    #[test]
+    fn leftovers_are_removed_unless_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArchiveStore::new(dir.path());
+        let live = store.create(Path::new("u/live_1.tar")).unwrap();
+        let dead = store.create(Path::new("u/dead_1.tar")).unwrap();
+        let dead_path = dead.temp_path().to_owned();
+        // Simulate a killed process: the file stays, its lock goes.
+        let (_, kept) = dead.temp.keep().unwrap();
+        assert!(kept.exists());
+        fs::write(dir.path().join("u/.foreign-dotfile"), b"x").unwrap();
+        fs::write(dir.path().join("u/other.tar"), b"x").unwrap();
+
+        let removed = store.remove_leftovers().unwrap();
+        assert_eq!(removed, vec![dead_path.clone()]);
+        assert!(!dead_path.exists());
+        assert!(
+            live.temp_path().exists(),
+            "a file being written is left alone"
+        );
+        assert!(dir.path().join("u/.foreign-dotfile").exists());
+        assert!(dir.path().join("u/other.tar").exists());
+    }
+
+    #[tokio::test]
+    async fn sink_abandon_removes_the_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArchiveStore::new(dir.path());
+        let sink = store.create(Path::new("a_1.tar")).unwrap().spawn();
+        sink.send(Bytes::from(image_tar()[..1000].to_vec()))
+            .await
+            .unwrap();
+        assert!(sink.abandon().await.is_none());
+        assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
+    }
+
+    #[tokio::test]
+    async fn sink_commit_publishes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArchiveStore::new(dir.path());
+        let sink = store.create(Path::new("a_1.tar")).unwrap().spawn();
+        for chunk in image_tar().chunks(100) {
+            sink.send(Bytes::copy_from_slice(chunk)).await.unwrap();
+        }
+        let published = sink.commit().await.unwrap();
+        assert_eq!(published.contents.images[0].repo_tags, ["a:1"]);
+        assert_eq!(entries(dir.path()), ["a_1.tar"]);
+    }
+}

@@ -1,0 +1,208 @@
+//! The command line, as clap parses it. [`crate::config`] turns it into a validated configuration.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Default archive directory (the seed chart's `hostPath`).
+pub const DEFAULT_DIR: &str = "/opt/runner/images";
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success (for `run`: stopped by SIGTERM or SIGINT)
+  1  at least one image failed (`warm`)
+  2  usage or configuration error (invalid reference, two references mapping to one archive,
+     unreadable images file), detected before any pull or write
+  3  the Docker daemon did not answer within --wait-timeout
+  130 interrupted (`warm` stopped by a signal)";
+
+/// Keeps a directory of `docker save` archives of a list of images fresh, for CI runners that
+/// `docker load` them instead of pulling.
+#[derive(Debug, Parser)]
+#[command(name = "image-preloader", version, after_help = EXIT_CODES, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: CliCommand,
+
+    /// Log format: human-readable text or one JSON object per line (logs go to stderr).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "IMAGE_PRELOADER_LOG_FORMAT", global = true)]
+    pub log_format: LogFormat,
+
+    /// Log filter: a level (error, warn, info, debug, trace) or tracing directives.
+    #[arg(
+        long,
+        value_name = "FILTER",
+        default_value = "info",
+        env = "IMAGE_PRELOADER_LOG_LEVEL",
+        global = true
+    )]
+    pub log_level: String,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Sidecar mode: wait for the daemon, preload every image, sleep --interval, repeat until
+    /// SIGTERM or SIGINT. Failed images are retried sooner, with backoff.
+    Run(RunArgs),
+    /// Preload every image once and exit: warm a local archive directory.
+    Warm(WarmArgs),
+    /// Print the archive path, relative to --dir, of each image, one per line. Needs no daemon.
+    Path(PathArgs),
+}
+
+/// Log output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The image list.
+#[derive(Debug, Args)]
+pub struct ImagesArgs {
+    /// Image references, e.g. `nginx:1.27` or `registry.local:5000/team/app:2.0`.
+    #[arg(value_name = "IMAGE")]
+    pub images: Vec<String>,
+
+    /// File with one image reference per line ('#' comments, blank lines and surrounding spaces
+    /// are ignored); combined with the IMAGE arguments.
+    #[arg(long, value_name = "FILE", env = "IMAGE_PRELOADER_IMAGES_FILE")]
+    pub images_file: Option<PathBuf>,
+}
+
+/// Options of the commands that write archives.
+#[derive(Debug, Args)]
+pub struct PreloadArgs {
+    #[command(flatten)]
+    pub images: ImagesArgs,
+
+    /// Archive directory: archives are written to <DIR>/<user>/<image>_<tag>.tar.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DIR, env = "IMAGE_PRELOADER_DIR")]
+    pub dir: PathBuf,
+
+    /// Rebuild an archive once it is this many days old; 0 rebuilds every pass, a negative value
+    /// never rebuilds an existing archive.
+    #[arg(
+        long,
+        value_name = "DAYS",
+        default_value_t = 7,
+        allow_negative_numbers = true,
+        env = "IMAGE_PRELOADER_MAX_IMAGE_AGE"
+    )]
+    pub max_image_age: i64,
+
+    /// Docker daemon address (unix:///path, tcp://host:port) [default: $DOCKER_HOST, else
+    /// unix:///var/run/docker.sock].
+    #[arg(long, value_name = "URL", env = "IMAGE_PRELOADER_DOCKER_HOST")]
+    pub docker_host: Option<String>,
+
+    /// How long to wait for the daemon to answer before giving up (exit 3): seconds, or a
+    /// duration such as `2m`.
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_duration, env = "IMAGE_PRELOADER_WAIT_TIMEOUT")]
+    pub wait_timeout: Duration,
+
+    /// Images processed at once (a pull of one overlaps the save of another).
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64), env = "IMAGE_PRELOADER_CONCURRENCY")]
+    pub concurrency: u16,
+}
+
+/// `run` options.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub preload: PreloadArgs,
+
+    /// Time between checks of the image list: seconds, or a duration such as `1h` or `30m`.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_positive_duration, env = "IMAGE_PRELOADER_INTERVAL")]
+    pub interval: Duration,
+}
+
+/// `warm` options.
+#[derive(Debug, Args)]
+pub struct WarmArgs {
+    #[command(flatten)]
+    pub preload: PreloadArgs,
+}
+
+/// `path` options.
+#[derive(Debug, Args)]
+pub struct PathArgs {
+    #[command(flatten)]
+    pub images: ImagesArgs,
+}
+
+/// Seconds (`90`) or a duration (`90s`, `2m`, `1h30m`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|e| e.to_string());
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{e} (expected seconds or a duration such as 90s, 2m, 1h)"))
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        Duration::ZERO => Err("must be greater than zero".into()),
+        d => Ok(d),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-5").is_err());
+        assert!(parse_positive_duration("0").is_err());
+    }
+
+    #[test]
+    fn every_option_has_an_env_var_and_help() {
+        let cli = Cli::command();
+        for sub in cli.get_subcommands() {
+            for arg in sub.get_arguments() {
+                if arg.is_positional() || ["help", "version"].contains(&arg.get_id().as_str()) {
+                    continue;
+                }
+                let env = arg
+                    .get_env()
+                    .unwrap_or_else(|| panic!("--{} has no env var", arg.get_id()));
+                assert!(
+                    env.to_string_lossy().starts_with("IMAGE_PRELOADER_"),
+                    "{env:?}"
+                );
+                assert!(arg.get_help().is_some(), "--{} has no help", arg.get_id());
+            }
+        }
+    }
+
+    #[test]
+    fn negative_max_age_parses() {
+        let cli =
+            Cli::try_parse_from(["image-preloader", "warm", "--max-image-age", "-1", "a"]).unwrap();
+        let CliCommand::Warm(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.preload.max_image_age, -1);
+    }
+}

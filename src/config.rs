@@ -1,0 +1,111 @@
+//! The validated configuration, built from the command line before any work starts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::cli::{CliCommand, ImagesArgs, PreloadArgs};
+use crate::docker::{self, DockerError};
+use crate::images::{self, ImageListError, ImageSpec};
+use crate::policy::MaxAge;
+
+/// Docker's default socket.
+pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+
+/// What to do.
+#[derive(Debug, Clone)]
+pub enum Config {
+    /// Loop until shutdown.
+    Run(RunConfig),
+    /// One pass.
+    Warm(PreloadConfig),
+    /// Print archive paths.
+    Path(Vec<ImageSpec>),
+}
+
+/// Settings shared by `run` and `warm`.
+#[derive(Debug, Clone)]
+pub struct PreloadConfig {
+    /// The images, validated and unique.
+    pub images: Vec<ImageSpec>,
+    /// Archive directory.
+    pub dir: PathBuf,
+    /// Refresh policy.
+    pub max_age: MaxAge,
+    /// Daemon address.
+    pub docker_host: String,
+    /// How long to wait for the daemon.
+    pub wait_timeout: Duration,
+    /// Images processed at once.
+    pub concurrency: usize,
+}
+
+/// `run` settings.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Shared settings.
+    pub preload: PreloadConfig,
+    /// Time between passes.
+    pub interval: Duration,
+}
+
+/// A configuration error: exit code 2.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Images(#[from] ImageListError),
+    #[error("no images given: pass IMAGE arguments or --images-file")]
+    NoImages,
+    #[error("{0}")]
+    DockerHost(#[from] DockerError),
+}
+
+impl TryFrom<CliCommand> for Config {
+    type Error = ConfigError;
+
+    fn try_from(command: CliCommand) -> Result<Config, ConfigError> {
+        Ok(match command {
+            CliCommand::Run(args) => Config::Run(RunConfig {
+                preload: preload_config(args.preload)?,
+                interval: args.interval,
+            }),
+            CliCommand::Warm(args) => Config::Warm(preload_config(args.preload)?),
+            CliCommand::Path(args) => Config::Path(path_list(&args.images)?),
+        })
+    }
+}
+
+fn image_list(args: &ImagesArgs) -> Result<Vec<ImageSpec>, ConfigError> {
+    let list = images::load(&args.images, args.images_file.as_deref())?;
+    for (origin, reference) in &list.duplicates {
+        tracing::warn!("{origin}: {reference} names an image already listed; ignored");
+    }
+    if list.images.is_empty() {
+        return Err(ConfigError::NoImages);
+    }
+    Ok(list.images)
+}
+
+/// For `path`: every reference is answered, in order, even if several share an archive.
+fn path_list(args: &ImagesArgs) -> Result<Vec<ImageSpec>, ConfigError> {
+    let parsed = images::parse_all(images::entries(&args.images, args.images_file.as_deref())?)?;
+    if parsed.is_empty() {
+        return Err(ConfigError::NoImages);
+    }
+    Ok(parsed.into_iter().map(|(_, _, spec)| spec).collect())
+}
+
+fn preload_config(args: PreloadArgs) -> Result<PreloadConfig, ConfigError> {
+    let docker_host = args
+        .docker_host
+        .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| DEFAULT_DOCKER_HOST.to_owned());
+    docker::validate_host(&docker_host)?;
+    Ok(PreloadConfig {
+        images: image_list(&args.images)?,
+        dir: args.dir,
+        max_age: MaxAge::from_days(args.max_image_age),
+        docker_host,
+        wait_timeout: args.wait_timeout,
+        concurrency: usize::from(args.concurrency),
+    })
+}

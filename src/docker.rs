@@ -1,0 +1,250 @@
+//! The Docker daemon as an [`ImageSource`]: waiting for it, pulling, exporting.
+
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::query_parameters::{CreateImageOptionsBuilder, TagImageOptionsBuilder};
+use bytes::Bytes;
+use futures_util::stream::{BoxStream, StreamExt, TryStreamExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::reference::Reference;
+use crate::source::{ImageSource, PullOutcome, SourceError};
+
+/// How long one connection attempt (ping, version negotiation) may take.
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+/// Pause between pings while waiting.
+const PING_INTERVAL: Duration = Duration::from_millis(500);
+/// How often a "still waiting" line is logged.
+const WAIT_LOG_EVERY: Duration = Duration::from_secs(10);
+/// Time the daemon may take to start answering a request. Exports of large images on the classic
+/// store are staged on the daemon's disk before the first byte, so this is generous; the streams
+/// themselves have no deadline.
+const REQUEST_TIMEOUT_SECS: u64 = 60 * 60;
+
+/// Problems reaching the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DockerError {
+    #[error(
+        "unsupported docker host {host:?}: use unix:///path/to/docker.sock, tcp://host:port or http://host:port"
+    )]
+    UnsupportedHost { host: String },
+    #[error("the docker daemon at {host} did not answer within {}: {last_error}", humantime::format_duration(*.waited))]
+    Unavailable {
+        host: String,
+        waited: Duration,
+        last_error: String,
+    },
+    #[error("interrupted while waiting for the docker daemon at {host}")]
+    Interrupted { host: String },
+}
+
+/// Checks that `host` is a daemon address this build can use, without connecting.
+pub fn validate_host(host: &str) -> Result<(), DockerError> {
+    let rest = ["unix://", "tcp://", "http://"]
+        .iter()
+        .find_map(|scheme| host.strip_prefix(scheme));
+    match rest {
+        Some(rest) if !rest.is_empty() => Ok(()),
+        _ => Err(DockerError::UnsupportedHost {
+            host: host.to_owned(),
+        }),
+    }
+}
+
+/// What the daemon says about itself.
+#[derive(Debug, Clone)]
+pub struct DaemonInfo {
+    /// Engine version, e.g. `20.10.24`.
+    pub version: String,
+    /// The negotiated API version, e.g. `1.41`.
+    pub api_version: String,
+}
+
+/// A connected Docker daemon.
+#[derive(Debug, Clone)]
+pub struct DockerDaemon {
+    client: Docker,
+    host: String,
+}
+
+impl DockerDaemon {
+    /// Polls the daemon's ping endpoint until it answers (its socket may not exist yet), then
+    /// negotiates the API version. Logs progress while waiting.
+    pub async fn wait_until_ready(
+        host: &str,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<(DockerDaemon, DaemonInfo), DockerError> {
+        validate_host(host)?;
+        let start = Instant::now();
+        let mut last_log = start;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            // One attempt never runs past the overall deadline (but gets a moment even at 0).
+            let budget = PING_TIMEOUT
+                .min(timeout.saturating_sub(start.elapsed()))
+                .max(Duration::from_millis(200));
+            let last_error = match tokio::time::timeout(budget, try_connect(host)).await {
+                Ok(Ok(ready)) => return Ok(ready),
+                Ok(Err(e)) => e,
+                Err(_) => format!("no answer within {}ms", budget.as_millis()),
+            };
+            let waited = start.elapsed();
+            if waited >= timeout {
+                return Err(DockerError::Unavailable {
+                    host: host.to_owned(),
+                    waited,
+                    last_error,
+                });
+            }
+            if attempts == 1 || last_log.elapsed() >= WAIT_LOG_EVERY {
+                info!(
+                    docker_host = host,
+                    waited_s = waited.as_secs(),
+                    error = %last_error,
+                    "waiting for the docker daemon"
+                );
+                last_log = Instant::now();
+            }
+            let pause = PING_INTERVAL.min(timeout - waited);
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = cancel.cancelled() => return Err(DockerError::Interrupted { host: host.to_owned() }),
+            }
+        }
+    }
+
+    /// The address the daemon was reached at.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The underlying client, for operations outside [`ImageSource`].
+    pub fn client(&self) -> &Docker {
+        &self.client
+    }
+}
+
+async fn try_connect(host: &str) -> Result<(DockerDaemon, DaemonInfo), String> {
+    let client = if host.starts_with("unix://") {
+        Docker::connect_with_unix(host, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+    } else {
+        let address = host.replacen("tcp://", "http://", 1);
+        Docker::connect_with_http(&address, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+    }
+    .map_err(|e| e.to_string())?;
+    client.ping().await.map_err(|e| e.to_string())?;
+    let client = client
+        .negotiate_version()
+        .await
+        .map_err(|e| e.to_string())?;
+    let version = client.version().await.map_err(|e| e.to_string())?;
+    let info = DaemonInfo {
+        version: version.version.unwrap_or_else(|| "unknown".into()),
+        api_version: client.client_version().to_string(),
+    };
+    Ok((
+        DockerDaemon {
+            client,
+            host: host.to_owned(),
+        },
+        info,
+    ))
+}
+
+/// The daemon's own message for an error, without bollard's wrapping.
+fn message(error: bollard::errors::Error) -> String {
+    use bollard::errors::Error;
+    match error {
+        Error::DockerResponseServerError {
+            status_code,
+            message,
+        } => format!("{message} (HTTP {status_code})"),
+        Error::DockerStreamError { error } => error,
+        other => other.to_string(),
+    }
+}
+
+impl ImageSource for DockerDaemon {
+    async fn pull(&self, image: &Reference) -> Result<PullOutcome, SourceError> {
+        let name = image.to_string();
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(&image.repository())
+            .tag(&image.pull_tag())
+            .build();
+        let mut progress = self.client.create_image(Some(options), None, None);
+        let mut outcome = PullOutcome::Unknown;
+        while let Some(item) = progress.next().await {
+            let info = item.map_err(|e| SourceError::Pull {
+                image: name.clone(),
+                message: message(e),
+            })?;
+            let Some(status) = info.status else { continue };
+            if status.starts_with("Status: Downloaded newer image") {
+                outcome = PullOutcome::Downloaded;
+            } else if status.starts_with("Status: Image is up to date") {
+                outcome = PullOutcome::UpToDate;
+            }
+            if info.progress_detail.is_none() || status.starts_with("Status") {
+                debug!(layer = info.id.as_deref().unwrap_or(""), "{status}");
+            }
+        }
+        if image.needs_local_tag() {
+            // Pulled by digest: give the image the tag the archive promises, so `docker load`
+            // restores `name:tag`.
+            let digested = format!("{}@{}", image.repository(), image.pull_tag());
+            let options = TagImageOptionsBuilder::default()
+                .repo(&image.repository())
+                .tag(image.tag().unwrap_or("latest"))
+                .build();
+            self.client
+                .tag_image(&digested, Some(options))
+                .await
+                .map_err(|e| SourceError::Tag {
+                    image: name.clone(),
+                    message: message(e),
+                })?;
+        }
+        Ok(outcome)
+    }
+
+    fn export(&self, image: &Reference) -> BoxStream<'static, Result<Bytes, SourceError>> {
+        let name = image.to_string();
+        self.client
+            .export_image(&image.export_name())
+            .map_err(move |e| SourceError::Export {
+                image: name.clone(),
+                message: message(e),
+            })
+            .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        for ok in [
+            "unix:///var/run/docker.sock",
+            "tcp://127.0.0.1:2375",
+            "http://localhost:2375",
+        ] {
+            assert_eq!(validate_host(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "/var/run/docker.sock",
+            "unix://",
+            "ssh://host",
+            "https://h:2376",
+            "npipe:////./pipe/x",
+            "",
+        ] {
+            assert!(validate_host(bad).is_err(), "{bad}");
+        }
+    }
+}

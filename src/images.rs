@@ -1,0 +1,231 @@
+//! The image list: references from the command line and an images file, validated as a whole
+//! before any work starts.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::naming::archive_path;
+use crate::reference::Reference;
+
+/// One image to preload and where its archive goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSpec {
+    /// The reference as parsed.
+    pub reference: Reference,
+    /// The archive path, relative to the archive directory.
+    pub archive: PathBuf,
+}
+
+impl ImageSpec {
+    /// The spec for a reference.
+    pub fn new(reference: Reference) -> ImageSpec {
+        let archive = archive_path(&reference);
+        ImageSpec { reference, archive }
+    }
+}
+
+/// Where an entry came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The n-th positional argument (1-based).
+    Argument(usize),
+    /// A line (1-based) of an images file.
+    Line(PathBuf, usize),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Argument(n) => write!(f, "argument {n}"),
+            Origin::Line(path, n) => write!(f, "{}:{n}", path.display()),
+        }
+    }
+}
+
+/// Every problem found in the image list.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImageListError {
+    #[error("cannot read images file {path}: {message}")]
+    Unreadable { path: PathBuf, message: String },
+    #[error("{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+/// The validated list, plus the exact duplicates that were dropped (for a warning).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageList {
+    /// Unique images, in the order given.
+    pub images: Vec<ImageSpec>,
+    /// `(origin, reference)` of entries dropped because an earlier one names the same image.
+    pub duplicates: Vec<(String, String)>,
+}
+
+/// Reads the images file (one reference per line; `#` comments, blank lines and surrounding
+/// spaces ignored).
+pub fn read_file(path: &Path) -> Result<Vec<(Origin, String)>, ImageListError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ImageListError::Unreadable {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    Ok(parse_lines(path, &text))
+}
+
+/// The entries of an images file's text.
+pub fn parse_lines(path: &Path, text: &str) -> Vec<(Origin, String)> {
+    text.lines()
+        .enumerate()
+        .filter_map(|(i, line)| {
+            let content = line
+                .split_once('#')
+                .map_or(line, |(before, _)| before)
+                .trim();
+            (!content.is_empty())
+                .then(|| (Origin::Line(path.to_owned(), i + 1), content.to_owned()))
+        })
+        .collect()
+}
+
+/// Parses every entry, reporting every invalid one; keeps order and duplicates.
+pub fn parse_all(
+    entries: Vec<(Origin, String)>,
+) -> Result<Vec<(Origin, String, ImageSpec)>, ImageListError> {
+    let mut problems = Vec::new();
+    let mut parsed = Vec::with_capacity(entries.len());
+    for (origin, text) in entries {
+        match Reference::parse(&text) {
+            Ok(reference) => parsed.push((origin, text, ImageSpec::new(reference))),
+            Err(e) => problems.push(format!("{origin}: {e}")),
+        }
+    }
+    if problems.is_empty() {
+        Ok(parsed)
+    } else {
+        Err(ImageListError::Invalid(problems))
+    }
+}
+
+/// Validates entries: every invalid reference and every pair of different references that map to
+/// one archive is reported. Entries naming the same image as an earlier one are dropped.
+pub fn validate(entries: Vec<(Origin, String)>) -> Result<ImageList, ImageListError> {
+    let parsed = parse_all(entries)?;
+    let mut problems = Vec::new();
+    let mut list = ImageList::default();
+    let mut by_archive: HashMap<PathBuf, (Origin, Reference)> = HashMap::new();
+    for (origin, text, spec) in parsed {
+        match by_archive.get(&spec.archive) {
+            Some((_, first)) if first.canonical() == spec.reference.canonical() => {
+                list.duplicates.push((origin.to_string(), text));
+            }
+            Some((first_origin, first)) => problems.push(format!(
+                "{origin}: {} and {first} ({first_origin}) both map to the archive {}",
+                spec.reference,
+                spec.archive.display()
+            )),
+            None => {
+                by_archive.insert(spec.archive.clone(), (origin, spec.reference.clone()));
+                list.images.push(spec);
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(list)
+    } else {
+        Err(ImageListError::Invalid(problems))
+    }
+}
+
+/// Positional arguments followed by the images file's entries.
+pub fn entries(
+    arguments: &[String],
+    file: Option<&Path>,
+) -> Result<Vec<(Origin, String)>, ImageListError> {
+    let mut entries: Vec<(Origin, String)> = arguments
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (Origin::Argument(i + 1), a.trim().to_owned()))
+        .collect();
+    if let Some(path) = file {
+        entries.extend(read_file(path)?);
+    }
+    Ok(entries)
+}
+
+/// Positional arguments and the images file, read and validated together.
+pub fn load(arguments: &[String], file: Option<&Path>) -> Result<ImageList, ImageListError> {
+    validate(entries(arguments, file)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn file_syntax() {
+        let text = "# images\n\n  nginx:1  \nbusybox # trailing comment\n\t#indented comment\nreg.io:5000/a/b:c\n";
+        let entries = parse_lines(Path::new("list.txt"), text);
+        let texts: Vec<_> = entries.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(texts, ["nginx:1", "busybox", "reg.io:5000/a/b:c"]);
+        assert_eq!(entries[1].0.to_string(), "list.txt:4");
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let err = load(&args(&["Bad", "ok:1", "x//y"]), None).unwrap_err();
+        let ImageListError::Invalid(problems) = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        assert!(
+            problems[0].starts_with("argument 1: invalid image reference \"Bad\""),
+            "{}",
+            problems[0]
+        );
+        assert!(problems[1].starts_with("argument 3:"), "{}", problems[1]);
+
+        let err = load(
+            &args(&["team/app:1", "other.io/team/app:1", "x.io/team/app:1"]),
+            None,
+        )
+        .unwrap_err();
+        let ImageListError::Invalid(problems) = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(
+            problems,
+            [
+                "argument 2: other.io/team/app:1 and team/app:1 (argument 1) both map to the archive team/app_1.tar",
+                "argument 3: x.io/team/app:1 and team/app:1 (argument 1) both map to the archive team/app_1.tar",
+            ]
+        );
+    }
+
+    #[test]
+    fn same_image_twice_is_dropped_not_refused() {
+        let list = load(&args(&["nginx", "nginx:latest", "alpine:3"]), None).unwrap();
+        let names: Vec<_> = list
+            .images
+            .iter()
+            .map(|i| i.reference.to_string())
+            .collect();
+        assert_eq!(names, ["nginx", "alpine:3"]);
+        assert_eq!(
+            list.duplicates,
+            [("argument 2".to_owned(), "nginx:latest".to_owned())]
+        );
+    }
+
+    #[test]
+    fn unreadable_file_names_the_path() {
+        let err = load(&[], Some(Path::new("/nonexistent/images.txt"))).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("cannot read images file /nonexistent/images.txt"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,31 @@
+//! image-preloader keeps a node-local directory of `docker save` archives fresh, so CI runners
+//! `docker load` their images instead of pulling them on every pod start.
+//!
+//! The pieces, from pure to effectful:
+//! - [`reference`], [`naming`], [`policy`], [`schedule`]: parsing, archive names, refresh and retry
+//!   decisions;
+//! - [`tar`], [`layout`]: streaming checks that an export is a complete image archive;
+//! - [`archive`]: the archive directory and atomic publication;
+//! - [`source`], [`docker`]: where images come from;
+//! - [`pass`], [`cycle`], [`app`]: one pass, the `run` loop, the commands.
+
+pub mod app;
+pub mod archive;
+pub mod cli;
+pub mod config;
+pub mod cycle;
+pub mod docker;
+pub mod human;
+pub mod images;
+pub mod layout;
+pub mod logging;
+pub mod naming;
+pub mod pass;
+pub mod policy;
+pub mod reference;
+pub mod schedule;
+pub mod source;
+pub mod tar;
+
+pub use app::{AppError, Exit, execute};
+pub use config::Config;

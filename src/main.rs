@@ -1,0 +1,76 @@
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use image_preloader::cli::Cli;
+use image_preloader::{Config, Exit, logging};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, warn};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(message) = logging::init(cli.log_format, &cli.log_level) {
+        eprintln!("error: {message}");
+        return exit(Exit::Usage);
+    }
+    let config = match Config::try_from(cli.command) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit(Exit::Usage);
+        }
+    };
+    match run(config) {
+        Ok(code) => exit(code),
+        Err(e) => {
+            error!("{e:#}");
+            exit(Exit::ImagesFailed)
+        }
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<Exit> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(forward_signals(shutdown.clone()));
+        Ok(match image_preloader::execute(config, shutdown).await {
+            Ok(()) => Exit::Success,
+            Err(e) => {
+                error!("{e:#}");
+                e.exit()
+            }
+        })
+    })
+}
+
+/// The first SIGTERM or SIGINT asks for a clean stop; a second one exits at once.
+async fn forward_signals(shutdown: CancellationToken) {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        warn!("cannot install signal handlers; SIGTERM will kill the process without cleanup");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    warn!("received {name}: finishing up (send it again to exit at once)");
+    shutdown.cancel();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    std::process::exit(Exit::Interrupted as i32);
+}
+
+fn exit(code: Exit) -> ExitCode {
+    ExitCode::from(code as u8)
+}

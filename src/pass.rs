@@ -1,0 +1,322 @@
+//! One pass over the image list: decide per archive, build what is due, report.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::stream::{self, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::archive::{ArchiveError, ArchiveStore};
+use crate::human;
+use crate::images::ImageSpec;
+use crate::policy::{BuildReason, Decision, KeepReason, MaxAge};
+use crate::source::{ImageSource, PullOutcome};
+
+/// Preloads images from a source into an archive store.
+#[derive(Debug)]
+pub struct Preloader<S> {
+    source: S,
+    store: ArchiveStore,
+    max_age: MaxAge,
+    concurrency: usize,
+}
+
+/// What happened to one image in a pass.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// A new archive was published.
+    Built(Built),
+    /// The existing archive was kept.
+    Kept(KeepReason),
+    /// Something failed; any previous archive is untouched.
+    Failed(Failure),
+    /// Shutdown came first; any previous archive is untouched.
+    Cancelled,
+}
+
+/// Figures for a published archive.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// Why it was built.
+    pub reason: BuildReason,
+    /// What the pull found.
+    pub pulled: PullOutcome,
+    /// Time spent pulling.
+    pub pull_time: Duration,
+    /// Time spent exporting, checking and publishing.
+    pub save_time: Duration,
+    /// Archive size.
+    pub bytes: u64,
+    /// Final path.
+    pub path: PathBuf,
+}
+
+/// The step at which a build failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Reading the existing archive's state.
+    Inspect,
+    /// Pulling the image.
+    Pull,
+    /// Receiving the export from the source.
+    Export,
+    /// Writing to the archive directory.
+    Write,
+    /// Checking the archive is complete.
+    Check,
+    /// Making it durable and renaming it into place.
+    Publish,
+}
+
+impl Step {
+    /// Lowercase name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Inspect => "inspect",
+            Step::Pull => "pull",
+            Step::Export => "export",
+            Step::Write => "write",
+            Step::Check => "check",
+            Step::Publish => "publish",
+        }
+    }
+}
+
+/// A failed build: the step and the full message (naming image or path and the cause).
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// Where it failed.
+    pub step: Step,
+    /// Why.
+    pub message: String,
+}
+
+impl Failure {
+    fn new(step: Step, error: impl std::fmt::Display) -> Failure {
+        Failure {
+            step,
+            message: error.to_string(),
+        }
+    }
+
+    fn from_archive(error: ArchiveError) -> Failure {
+        let step = match &error {
+            ArchiveError::Stat { .. } | ArchiveError::NotAFile { .. } => Step::Inspect,
+            ArchiveError::Tar { .. } | ArchiveError::Layout { .. } => Step::Check,
+            ArchiveError::Publish { .. } => Step::Publish,
+            _ => Step::Write,
+        };
+        Failure::new(step, error)
+    }
+}
+
+/// The result of a pass, in list order.
+#[derive(Debug, Clone, Default)]
+pub struct PassReport {
+    /// Each image with its outcome.
+    pub outcomes: Vec<(ImageSpec, Outcome)>,
+    /// Wall time of the pass.
+    pub elapsed: Duration,
+}
+
+impl PassReport {
+    fn count(&self, f: impl Fn(&Outcome) -> bool) -> usize {
+        self.outcomes.iter().filter(|(_, o)| f(o)).count()
+    }
+
+    /// Archives built.
+    pub fn built(&self) -> usize {
+        self.count(|o| matches!(o, Outcome::Built(_)))
+    }
+
+    /// Archives kept.
+    pub fn kept(&self) -> usize {
+        self.count(|o| matches!(o, Outcome::Kept(_)))
+    }
+
+    /// Images that failed.
+    pub fn failed(&self) -> usize {
+        self.count(|o| matches!(o, Outcome::Failed(_)))
+    }
+
+    /// Images not finished because of shutdown.
+    pub fn cancelled(&self) -> usize {
+        self.count(|o| matches!(o, Outcome::Cancelled))
+    }
+
+    /// Bytes of archives written.
+    pub fn bytes_written(&self) -> u64 {
+        self.outcomes
+            .iter()
+            .map(|(_, o)| {
+                if let Outcome::Built(b) = o {
+                    b.bytes
+                } else {
+                    0
+                }
+            })
+            .sum()
+    }
+}
+
+impl<S: ImageSource> Preloader<S> {
+    /// A preloader processing up to `concurrency` images at once.
+    pub fn new(source: S, store: ArchiveStore, max_age: MaxAge, concurrency: usize) -> Self {
+        Preloader {
+            source,
+            store,
+            max_age,
+            concurrency: concurrency.max(1),
+        }
+    }
+
+    /// The archive store.
+    pub fn store(&self) -> &ArchiveStore {
+        &self.store
+    }
+
+    /// Processes `images`, up to `concurrency` at a time, until done or cancelled.
+    pub async fn pass(&self, images: &[ImageSpec], cancel: &CancellationToken) -> PassReport {
+        let start = Instant::now();
+        let mut outcomes: Vec<(usize, Outcome)> = stream::iter(images.iter().enumerate())
+            .map(|(i, image)| async move { (i, self.preload(image, cancel).await) })
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await;
+        outcomes.sort_by_key(|(i, _)| *i);
+        PassReport {
+            outcomes: outcomes
+                .into_iter()
+                .map(|(i, o)| (images[i].clone(), o))
+                .collect(),
+            elapsed: start.elapsed(),
+        }
+    }
+
+    /// Decides and, if due, builds one image's archive. Logs the decision and the result.
+    pub async fn preload(&self, image: &ImageSpec, cancel: &CancellationToken) -> Outcome {
+        let span =
+            info_span!("image", image = %image.reference, archive = %image.archive.display());
+        async {
+            if cancel.is_cancelled() {
+                return Outcome::Cancelled;
+            }
+            let mtime = match self.store.modified(&image.archive) {
+                Ok(mtime) => mtime,
+                Err(e) => return log_failure(Failure::from_archive(e)),
+            };
+            match Decision::for_archive(mtime, SystemTime::now(), self.max_age) {
+                Decision::Keep(reason) => {
+                    info!(decision = "keep", "up to date: {reason}");
+                    Outcome::Kept(reason)
+                }
+                Decision::Build(reason) => {
+                    info!(decision = "build", "building: {reason}");
+                    match self.build(image, reason, cancel).await {
+                        Ok(Some(built)) => {
+                            info!(
+                                bytes = built.bytes,
+                                pull_ms = built.pull_time.as_millis() as u64,
+                                save_ms = built.save_time.as_millis() as u64,
+                                "saved {} in {} ({:.0} MiB/s) after pull in {} ({})",
+                                human::bytes(built.bytes),
+                                human::duration(built.save_time),
+                                human::mib_per_s(built.bytes, built.save_time),
+                                human::duration(built.pull_time),
+                                built.pulled,
+                            );
+                            Outcome::Built(built)
+                        }
+                        Ok(None) => {
+                            warn!(
+                                "abandoned for shutdown; the previous archive, if any, is unchanged"
+                            );
+                            Outcome::Cancelled
+                        }
+                        Err(failure) => log_failure(failure),
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Pulls, streams the export into a new archive and publishes it. `Ok(None)` when cancelled.
+    async fn build(
+        &self,
+        image: &ImageSpec,
+        reason: BuildReason,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Built>, Failure> {
+        let started = Instant::now();
+        let pulled = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Ok(None),
+            pulled = self.source.pull(&image.reference) => pulled.map_err(|e| Failure::new(Step::Pull, e))?,
+        };
+        let pull_time = started.elapsed();
+
+        let started = Instant::now();
+        let sink = self
+            .store
+            .create(&image.archive)
+            .map_err(Failure::from_archive)?
+            .spawn();
+        let mut export = self.source.export(&image.reference);
+        loop {
+            enum Next {
+                Sent,
+                WriterStopped,
+                SourceFailed(crate::source::SourceError),
+                End,
+                Cancelled,
+            }
+            let next = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => Next::Cancelled,
+                next = async {
+                    match export.next().await {
+                        Some(Ok(chunk)) => if sink.send(chunk).await.is_ok() { Next::Sent } else { Next::WriterStopped },
+                        Some(Err(e)) => Next::SourceFailed(e),
+                        None => Next::End,
+                    }
+                } => next,
+            };
+            match next {
+                Next::Sent => {}
+                Next::End => break,
+                Next::Cancelled => {
+                    sink.abandon().await;
+                    return Ok(None);
+                }
+                Next::SourceFailed(e) => {
+                    sink.abandon().await;
+                    return Err(Failure::new(Step::Export, e));
+                }
+                Next::WriterStopped => {
+                    let error = sink.abandon().await;
+                    return Err(match error {
+                        Some(e) => Failure::from_archive(e),
+                        None => Failure::new(Step::Write, "the archive writer stopped"),
+                    });
+                }
+            }
+        }
+        let published = sink.commit().await.map_err(Failure::from_archive)?;
+        Ok(Some(Built {
+            reason,
+            pulled,
+            pull_time,
+            save_time: started.elapsed(),
+            bytes: published.bytes,
+            path: published.path,
+        }))
+    }
+}
+
+fn log_failure(failure: Failure) -> Outcome {
+    error!(step = failure.step.as_str(), "{}", failure.message);
+    Outcome::Failed(failure)
+}

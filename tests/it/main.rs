@@ -1,0 +1,9 @@
+//! Integration tests: the built binary against a real Docker daemon and a real registry on
+//! 127.0.0.1 (scripts/test.sh starts both). Every test uses its own images and directories.
+
+mod cli;
+mod interrupt;
+mod refresh;
+mod sidecar;
+mod support;
+mod warm;

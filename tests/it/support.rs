@@ -1,0 +1,494 @@
+//! Shared helpers: the real daemon and registry, unique test images, running the binary.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_image-preloader");
+const START_HINT: &str = "run scripts/test.sh, which installs and starts dockerd and a registry, \
+     or start them yourself (`dockerd &`, `docker-registry serve CONFIG` on 127.0.0.1:5000)";
+
+/// The registry address the tests push to; fails the test if none answers.
+pub fn registry() -> &'static str {
+    static REGISTRY: OnceLock<Result<String, String>> = OnceLock::new();
+    let result = REGISTRY.get_or_init(|| {
+        let addr = std::env::var("IMAGE_PRELOADER_TEST_REGISTRY")
+            .unwrap_or_else(|_| "127.0.0.1:5000".into());
+        let answer = http_get(&addr, "/v2/");
+        match answer {
+            Ok(status) if status.starts_with("HTTP/1.1 200") => Ok(addr),
+            Ok(status) => Err(format!(
+                "the registry at {addr} answered {status:?}; {START_HINT}"
+            )),
+            Err(e) => Err(format!("no registry answers at {addr} ({e}); {START_HINT}")),
+        }
+    });
+    match result {
+        Ok(addr) => {
+            ensure_docker();
+            addr
+        }
+        Err(message) => panic!("{message}"),
+    }
+}
+
+fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
+    use std::io::Write;
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    Ok(line.trim_end().to_owned())
+}
+
+/// Fails the test with instructions if no daemon answers.
+pub fn ensure_docker() {
+    static DOCKER: OnceLock<Result<(), String>> = OnceLock::new();
+    let result = DOCKER.get_or_init(|| {
+        let out = Command::new("docker")
+            .args(["version", "--format", "{{.Server.APIVersion}}"])
+            .output();
+        match out {
+            Ok(out) if out.status.success() => Ok(()),
+            Ok(out) => Err(format!(
+                "no Docker daemon answers ({}); {START_HINT}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Err(e) => Err(format!("cannot run the docker CLI ({e}); {START_HINT}")),
+        }
+    });
+    if let Err(message) = result {
+        panic!("{message}");
+    }
+}
+
+/// Runs the docker CLI and returns stdout; panics with stderr on failure.
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .expect("run docker");
+    assert!(
+        out.status.success(),
+        "docker {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Runs the docker CLI, ignoring failures (cleanup).
+pub fn docker_quiet(args: &[&str]) {
+    let _ = Command::new("docker")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// A name no other test (or test run) uses.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// An image built `FROM scratch` with a static busybox and a unique marker file, pushed to the
+/// test registry and removed from the daemon. Dropping it removes what the test left in the daemon.
+#[derive(Debug)]
+pub struct TestImage {
+    /// `registry/path:tag`.
+    pub reference: String,
+    /// `registry/path`.
+    pub repository: String,
+    /// The image ID (config digest).
+    pub id: String,
+    /// The registry's manifest digest, `sha256:…`.
+    pub digest: String,
+    /// Content of `/marker` in the image.
+    pub marker: String,
+}
+
+impl TestImage {
+    /// A small image at `<registry>/<path>:<tag>`.
+    pub fn push(path: &str, tag: &str) -> TestImage {
+        TestImage::push_with_data(path, tag, 0)
+    }
+
+    /// An image with an extra `/data` file of `data_bytes` (compressible, so pushes are quick).
+    pub fn push_with_data(path: &str, tag: &str, data_bytes: usize) -> TestImage {
+        let repository = format!("{}/{path}", registry());
+        let reference = format!("{repository}:{tag}");
+        let context = tempfile::tempdir().unwrap();
+        let marker = unique("marker");
+        std::fs::copy("/bin/busybox", context.path().join("busybox")).expect(
+            "a static busybox at /bin/busybox (Debian busybox-static; scripts/test.sh installs it)",
+        );
+        std::fs::write(context.path().join("marker"), &marker).unwrap();
+        let mut dockerfile =
+            String::from("FROM scratch\nCOPY busybox /bin/busybox\nCOPY marker /marker\n");
+        if data_bytes > 0 {
+            let line = format!("{marker} filler line for a large layer\n");
+            let data: Vec<u8> = line.bytes().cycle().take(data_bytes).collect();
+            std::fs::write(context.path().join("data"), data).unwrap();
+            dockerfile.push_str("COPY data /data\n");
+        }
+        dockerfile.push_str("CMD [\"/bin/busybox\", \"cat\", \"/marker\"]\n");
+        std::fs::write(context.path().join("Dockerfile"), dockerfile).unwrap();
+
+        docker(&[
+            "build",
+            "-q",
+            "-t",
+            &reference,
+            context.path().to_str().unwrap(),
+        ]);
+        let id = docker(&["image", "inspect", "--format", "{{.Id}}", &reference]);
+        docker(&["push", "-q", &reference]);
+        let repo_digest = docker(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{index .RepoDigests 0}}",
+            &reference,
+        ]);
+        let digest = repo_digest
+            .split_once('@')
+            .expect("a repo digest after push")
+            .1
+            .to_owned();
+        let image = TestImage {
+            reference,
+            repository,
+            id,
+            digest,
+            marker,
+        };
+        image.remove_local();
+        image
+    }
+
+    /// `registry/path@sha256:…`.
+    pub fn by_digest(&self) -> String {
+        format!("{}@{}", self.repository, self.digest)
+    }
+
+    /// Removes every local copy of the image from the daemon.
+    pub fn remove_local(&self) {
+        docker_quiet(&["image", "rm", "-f", &self.id]);
+    }
+
+    /// Whether the daemon has the image.
+    pub fn is_local(&self) -> bool {
+        Command::new("docker")
+            .args(["image", "inspect", &self.id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    }
+
+    /// Loads `archive` into the daemon and checks the image comes back with the same ID and runs.
+    pub fn assert_loads_and_runs(&self, archive: &Path) {
+        self.remove_local();
+        let loaded = docker(&["load", "-q", "-i", archive.to_str().unwrap()]);
+        assert!(
+            self.is_local(),
+            "loading {} did not restore image {}: {loaded}",
+            archive.display(),
+            self.id
+        );
+        let out = docker(&["run", "--rm", "--network", "none", &self.id]);
+        assert_eq!(
+            out, self.marker,
+            "the loaded image runs and holds its own marker"
+        );
+    }
+}
+
+impl Drop for TestImage {
+    fn drop(&mut self) {
+        self.remove_local();
+    }
+}
+
+/// A command for the binary, isolated from the caller's `IMAGE_PRELOADER_*` settings.
+pub fn preloader(args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("IMAGE_PRELOADER_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.args(args);
+    cmd
+}
+
+/// The result of a finished run.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Finished {
+    pub fn code(&self) -> i32 {
+        self.status
+            .code()
+            .unwrap_or_else(|| panic!("killed by a signal: {self:?}"))
+    }
+
+    /// Asserts the exit code, showing the logs otherwise.
+    pub fn assert_code(&self, expected: i32) -> &Self {
+        assert_eq!(
+            self.status.code(),
+            Some(expected),
+            "exit status; stderr:\n{}",
+            self.stderr
+        );
+        self
+    }
+
+    /// JSON log events (with `--log-format json`).
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        parse_events(&self.stderr)
+    }
+}
+
+pub fn parse_events(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}"))
+        })
+        .collect()
+}
+
+/// Runs the command to completion, failing the test if it takes longer than `timeout`.
+pub fn run(mut cmd: Command, timeout: Duration) -> Finished {
+    let start = Instant::now();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut running = Running::new(child);
+    let status = running.wait_for_exit(timeout);
+    let (stdout, stderr) = running.collect();
+    Finished {
+        status,
+        stdout,
+        stderr,
+        elapsed: start.elapsed(),
+    }
+}
+
+/// A running binary whose stderr lines are collected as they come.
+pub struct Running {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Mutex<Vec<String>>,
+    stdout: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Running {
+    pub fn spawn(mut cmd: Command) -> Running {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Running::new(child)
+    }
+
+    fn new(mut child: Child) -> Running {
+        let stderr = child.stderr.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdout = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stdout.read_to_string(&mut s);
+            s
+        });
+        Running {
+            child,
+            lines,
+            seen: Mutex::new(Vec::new()),
+            stdout: Some(stdout),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Waits until a stderr line contains `needle`; panics with the log so far after `timeout`.
+    pub fn wait_for_line(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.lock().unwrap().push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no log line containing {needle:?} within {timeout:?}; log so far:\n{}",
+                    self.seen.lock().unwrap().join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with a pid we spawned and a valid signal number.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill({}, {signal})", self.pid());
+    }
+
+    /// Waits for exit, killing the process and failing the test after `timeout`.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                let (_, stderr) = self.collect();
+                panic!("still running after {timeout:?}; stderr:\n{stderr}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process has exited.
+    pub fn has_exited(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
+    }
+
+    /// Everything written to stdout and stderr (after exit).
+    pub fn collect(&mut self) -> (String, String) {
+        let mut seen = self.seen.lock().unwrap().clone();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+            seen.push(line);
+        }
+        let stdout = self
+            .stdout
+            .take()
+            .map(|h| h.join().unwrap())
+            .unwrap_or_default();
+        (stdout, seen.join("\n"))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Every file under `dir`, relative, with its size (directories left out).
+pub fn files(dir: &Path) -> BTreeMap<String, u64> {
+    walkdir::WalkDir::new(dir)
+        .min_depth(1)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            let rel = e
+                .path()
+                .strip_prefix(dir)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            (rel, e.metadata().unwrap().len())
+        })
+        .collect()
+}
+
+/// The temporary files the tool leaves while writing, anywhere under `dir`.
+pub fn temporaries(dir: &Path) -> Vec<String> {
+    files(dir)
+        .into_keys()
+        .filter(|p| p.ends_with(".image-preloader-partial"))
+        .collect()
+}
+
+/// Polls until a temporary file under `dir` holds at least `min_bytes`; returns its path.
+/// Panics if `running` exits first or `timeout` passes.
+pub fn wait_for_partial(
+    dir: &Path,
+    running: &mut Running,
+    min_bytes: u64,
+    timeout: Duration,
+) -> PathBuf {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some((path, _)) = files(dir)
+            .into_iter()
+            .find(|(p, size)| p.ends_with(".image-preloader-partial") && *size >= min_bytes)
+        {
+            return dir.join(path);
+        }
+        if running.has_exited() {
+            let (_, stderr) = running.collect();
+            panic!(
+                "the process ended before a partial archive of {min_bytes} bytes appeared:\n{stderr}"
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no partial archive of {min_bytes} bytes within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Writes `content` at `path` (creating parents) with a modification time `age` in the past.
+pub fn write_aged(path: &Path, content: &[u8], age: Duration) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, content).unwrap();
+    let mtime = filetime::FileTime::from_system_time(SystemTime::now() - age);
+    filetime::set_file_mtime(path, mtime).unwrap();
+}
+
+pub const DAY: Duration = Duration::from_secs(24 * 3600);
