@@ -1,17 +1,22 @@
 //! The commands, wired together: what `main` calls once the configuration is valid.
 
+use std::collections::HashSet;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::archive::ArchiveStore;
+use crate::archive::{ArchiveError, ArchiveStore};
 use crate::config::{Config, PreloadConfig, RunConfig};
 use crate::cycle;
 use crate::docker::{DockerDaemon, DockerError};
 use crate::images::ImageSpec;
 use crate::pass::Preloader;
+use crate::prune;
+use crate::record::record_path;
+use crate::verify;
 
 /// Process exit codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +43,10 @@ pub enum AppError {
     ImagesFailed { failed: usize, total: usize },
     #[error("interrupted; the archives being written were abandoned")]
     Interrupted,
+    #[error("{problems} of {total} archives in {dir} need attention")]
+    VerifyFailed { problems: usize, total: usize, dir: PathBuf },
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
 }
 
 impl AppError {
@@ -46,10 +55,10 @@ impl AppError {
         match self {
             AppError::Docker(DockerError::UnsupportedHost { .. }) => Exit::Usage,
             AppError::Docker(DockerError::Unavailable { .. }) => Exit::DaemonUnavailable,
-            AppError::Docker(DockerError::Interrupted { .. }) | AppError::Interrupted => {
-                Exit::Interrupted
+            AppError::Docker(DockerError::Interrupted { .. }) | AppError::Interrupted => Exit::Interrupted,
+            AppError::ImagesFailed { .. } | AppError::VerifyFailed { .. } | AppError::Archive(_) => {
+                Exit::ImagesFailed
             }
-            AppError::ImagesFailed { .. } => Exit::ImagesFailed,
         }
     }
 }
@@ -57,22 +66,63 @@ impl AppError {
 /// Runs a validated configuration until done or `shutdown` fires.
 pub async fn execute(config: Config, shutdown: CancellationToken) -> Result<(), AppError> {
     match config {
-        Config::Path(images) => {
-            print_paths(&images);
+        Config::Path { images, record } => {
+            print_paths(&images, record);
             Ok(())
         }
+        Config::Verify { dir } => verify(dir).await,
         Config::Warm(config) => warm(config, shutdown).await,
         Config::Run(config) => run(config, shutdown).await,
     }
 }
 
-fn print_paths(images: &[ImageSpec]) {
+fn print_paths(images: &[ImageSpec], record: bool) {
     let mut out = std::io::stdout().lock();
     for image in images {
+        let path = if record { record_path(&image.archive) } else { image.archive.clone() };
         // A closed pipe (`| head`) is not an error worth reporting.
-        if writeln!(out, "{}", image.archive.display()).is_err() {
+        if writeln!(out, "{}", path.display()).is_err() {
             return;
         }
+    }
+}
+
+async fn verify(dir: PathBuf) -> Result<(), AppError> {
+    let store = ArchiveStore::new(&dir);
+    let report =
+        tokio::task::spawn_blocking(move || verify::verify(&store)).await.expect("verify task panicked")?;
+    let mut out = std::io::stdout().lock();
+    for (path, finding) in &report.findings {
+        let _ = writeln!(out, "{:<10} {}: {finding}", finding.label(), path.display());
+    }
+    let problems = report.problems();
+    info!(archives = report.findings.len(), problems, dir = %dir.display(), "verified");
+    match problems {
+        0 => Ok(()),
+        problems => Err(AppError::VerifyFailed { problems, total: report.findings.len(), dir }),
+    }
+}
+
+/// `--prune`: removes recorded archives not in `images`. Failures are logged, not fatal.
+fn prune_unlisted(store: &ArchiveStore, images: &[ImageSpec]) {
+    let wanted: HashSet<PathBuf> = images.iter().map(|i| i.archive.clone()).collect();
+    match prune::prune(store, &wanted) {
+        Ok(removed) if !removed.is_empty() => {
+            info!(pruned = removed.len(), "pruned archives no longer listed")
+        }
+        Ok(_) => {}
+        Err(e) => warn!("prune stopped: {e}"),
+    }
+}
+
+fn log_leftovers(dir: &Path) {
+    match ArchiveStore::new(dir).remove_leftovers() {
+        Ok(removed) => {
+            for path in removed {
+                info!(path = %path.display(), "removed a temporary file left by an interrupted run");
+            }
+        }
+        Err(e) => warn!("could not clean up leftovers: {e}"),
     }
 }
 
@@ -85,19 +135,14 @@ async fn prepare(
         images = config.images.len(),
         dir = %config.dir.display(),
         max_image_age = %config.max_age,
+        refresh_policy = ?config.refresh,
+        min_free = %config.min_free,
+        prune = config.prune,
         concurrency = config.concurrency,
         "image-preloader {}",
         env!("CARGO_PKG_VERSION")
     );
-    let store = ArchiveStore::new(&config.dir);
-    match store.remove_leftovers() {
-        Ok(removed) => {
-            for path in removed {
-                info!(path = %path.display(), "removed a temporary file left by an interrupted run");
-            }
-        }
-        Err(e) => warn!("could not clean up leftovers: {e}"),
-    }
+    log_leftovers(&config.dir);
     let (daemon, about) =
         DockerDaemon::wait_until_ready(&config.docker_host, config.wait_timeout, shutdown).await?;
     info!(
@@ -106,12 +151,7 @@ async fn prepare(
         api_version = %about.api_version,
         "connected to the docker daemon"
     );
-    Ok(Preloader::new(
-        daemon,
-        store,
-        config.max_age,
-        config.concurrency,
-    ))
+    Ok(Preloader::new(daemon, ArchiveStore::new(&config.dir), config.settings()))
 }
 
 async fn warm(config: PreloadConfig, shutdown: CancellationToken) -> Result<(), AppError> {
@@ -121,12 +161,12 @@ async fn warm(config: PreloadConfig, shutdown: CancellationToken) -> Result<(), 
     if report.cancelled() > 0 || shutdown.is_cancelled() {
         return Err(AppError::Interrupted);
     }
+    if config.prune {
+        prune_unlisted(preloader.store(), &config.images);
+    }
     match report.failed() {
         0 => Ok(()),
-        failed => Err(AppError::ImagesFailed {
-            failed,
-            total: report.outcomes.len(),
-        }),
+        failed => Err(AppError::ImagesFailed { failed, total: report.outcomes.len() }),
     }
 }
 
@@ -138,11 +178,21 @@ async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<(), AppEr
         Err(e) => return Err(e.into()),
     };
     let (_list, images) = watch::channel(config.preload.images.clone());
+    let current = images.clone();
     let pass_shutdown = shutdown.clone();
+    let prune = config.preload.prune;
     cycle::run(images, config.interval, shutdown, |due| {
         let preloader = &preloader;
         let cancel = pass_shutdown.clone();
-        async move { preloader.pass(&due, &cancel).await }
+        let current = current.clone();
+        async move {
+            let report = preloader.pass(&due, &cancel).await;
+            if prune && !cancel.is_cancelled() {
+                let listed = current.borrow().clone();
+                prune_unlisted(preloader.store(), &listed);
+            }
+            report
+        }
     })
     .await;
     Ok(())

@@ -15,12 +15,15 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use walkdir::WalkDir;
 
 use crate::layout::{self, ArchiveContents, LayoutError};
+use crate::policy::{ArchiveState, RecordState};
+use crate::record::{self, Record, RecordError};
 use crate::tar::{TarError, TarScanner};
 
 /// Suffix of the temporary files this tool writes (the whole pattern is
@@ -55,6 +58,10 @@ pub enum ArchiveError {
     Publish { path: PathBuf, source: io::Error },
     #[error("cannot remove leftover {path}: {source}")]
     Cleanup { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error("cannot update the time of {path}: {source}")]
+    Touch { path: PathBuf, source: io::Error },
     #[error("the write of {path} was abandoned")]
     Abandoned { path: PathBuf },
 }
@@ -74,6 +81,20 @@ pub struct Published {
     pub bytes: u64,
     /// What it holds.
     pub contents: ArchiveContents,
+    /// The record written next to it.
+    pub record: Record,
+}
+
+/// What the caller knows about an archive being written; the writer adds size, checksum, layout
+/// and times to make its [`Record`].
+#[derive(Debug, Clone, Default)]
+pub struct RecordDraft {
+    /// The reference, as given.
+    pub reference: String,
+    /// The registry digest it resolved to.
+    pub repo_digest: Option<String>,
+    /// The exporting daemon's image ID.
+    pub image_id: Option<String>,
 }
 
 impl ArchiveStore {
@@ -96,43 +117,120 @@ impl ArchiveStore {
     pub fn modified(&self, relative: &Path) -> Result<Option<SystemTime>, ArchiveError> {
         let path = self.path_of(relative);
         match fs::metadata(&path) {
-            Ok(meta) if meta.is_file() => meta
-                .modified()
-                .map(Some)
-                .map_err(|source| ArchiveError::Stat { path, source }),
+            Ok(meta) if meta.is_file() => {
+                meta.modified().map(Some).map_err(|source| ArchiveError::Stat { path, source })
+            }
             Ok(_) => Err(ArchiveError::NotAFile { path }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(ArchiveError::Stat { path, source }),
         }
     }
 
-    /// Removes temporary files left by killed runs. Files another live process is writing (it
-    /// holds their lock) are left alone. Returns what was removed.
+    /// The archive's state on disk and what its record says.
+    pub fn state(&self, relative: &Path) -> Result<(Option<ArchiveState>, RecordState), ArchiveError> {
+        let path = self.path_of(relative);
+        let archive = match fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => Some(ArchiveState {
+                modified: meta
+                    .modified()
+                    .map_err(|source| ArchiveError::Stat { path: path.clone(), source })?,
+                size: meta.len(),
+            }),
+            Ok(_) => return Err(ArchiveError::NotAFile { path }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(source) => return Err(ArchiveError::Stat { path, source }),
+        };
+        let record = match Record::read(&path) {
+            Ok(None) => RecordState::Missing,
+            Ok(Some(r)) => {
+                RecordState::Present { size: r.size, repo_digest: r.repo_digest, damaged: r.damaged }
+            }
+            Err(RecordError::Invalid { message, .. }) => RecordState::Unreadable(message),
+            Err(e) => return Err(e.into()),
+        };
+        Ok((archive, record))
+    }
+
+    /// Marks an archive as confirmed current: its modification time becomes now (so the age rules
+    /// start over) and its record notes the check.
+    pub fn touch(&self, relative: &Path) -> Result<(), ArchiveError> {
+        let path = self.path_of(relative);
+        let now = SystemTime::now();
+        filetime::set_file_mtime(&path, filetime::FileTime::from_system_time(now))
+            .map_err(|source| ArchiveError::Touch { path: path.clone(), source })?;
+        if let Some(mut record) = Record::read(&path)? {
+            record.checked = record::timestamp(now);
+            record.write(&path)?;
+        }
+        Ok(())
+    }
+
+    /// Every archive under the directory that has a record, as `(relative path, record)`.
+    /// Unreadable records are skipped: a file we cannot vouch for is not ours to touch.
+    pub fn recorded(&self) -> Result<Vec<(PathBuf, Record)>, ArchiveError> {
+        let mut found = Vec::new();
+        if !self.root.is_dir() {
+            return Ok(found);
+        }
+        for entry in
+            WalkDir::new(&self.root).min_depth(1).max_depth(2).follow_links(false).sort_by_file_name()
+        {
+            let entry = entry.map_err(|e| ArchiveError::Stat {
+                path: e.path().unwrap_or(&self.root).to_owned(),
+                source: e.into(),
+            })?;
+            if !entry.file_type().is_file() {
+                continue;
+            }
+            let Some(archive) = record::archive_of(entry.path()) else { continue };
+            if let Ok(Some(record)) = Record::read(&archive) {
+                let relative = archive.strip_prefix(&self.root).unwrap_or(&archive).to_owned();
+                found.push((relative, record));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Every file named like an archive (`*.tar`) under the directory, relative, sorted.
+    pub fn archives(&self) -> Result<Vec<PathBuf>, ArchiveError> {
+        let mut found = Vec::new();
+        if !self.root.is_dir() {
+            return Ok(found);
+        }
+        for entry in
+            WalkDir::new(&self.root).min_depth(1).max_depth(2).follow_links(false).sort_by_file_name()
+        {
+            let entry = entry.map_err(|e| ArchiveError::Stat {
+                path: e.path().unwrap_or(&self.root).to_owned(),
+                source: e.into(),
+            })?;
+            let name = entry.file_name().to_string_lossy();
+            if entry.file_type().is_file() && name.ends_with(".tar") && !name.starts_with('.') {
+                found.push(entry.path().strip_prefix(&self.root).unwrap_or(entry.path()).to_owned());
+            }
+        }
+        Ok(found)
+    }
+
+    /// Removes temporary files and lock files left by killed runs. Files another live process
+    /// holds locked are left alone. Returns what was removed.
     pub fn remove_leftovers(&self) -> Result<Vec<PathBuf>, ArchiveError> {
         let mut removed = Vec::new();
         if !self.root.is_dir() {
             return Ok(removed);
         }
         // Archives are at most two levels deep (`<user>/<image>_<tag>.tar`), so are temporaries.
-        for entry in WalkDir::new(&self.root)
-            .min_depth(1)
-            .max_depth(2)
-            .follow_links(false)
-        {
+        for entry in WalkDir::new(&self.root).min_depth(1).max_depth(2).follow_links(false) {
             let entry = entry.map_err(|e| ArchiveError::Stat {
                 path: e.path().unwrap_or(&self.root).to_owned(),
                 source: e.into(),
             })?;
-            if !entry.file_type().is_file()
-                || !is_temporary(entry.file_name().to_str().unwrap_or(""))
-            {
+            let name = entry.file_name().to_str().unwrap_or("");
+            if !entry.file_type().is_file() || !(is_temporary(name) || crate::lock::is_lock_file(name)) {
                 continue;
             }
             let path = entry.path();
-            let cleanup = |source| ArchiveError::Cleanup {
-                path: path.to_owned(),
-                source,
-            };
+            let cleanup = |source| ArchiveError::Cleanup { path: path.to_owned(), source };
             let file = match File::open(path) {
                 Ok(file) => file,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -157,38 +255,69 @@ impl ArchiveStore {
     pub fn create(&self, relative: &Path) -> Result<ArchiveWriter, ArchiveError> {
         let path = self.path_of(relative);
         let dir = path.parent().unwrap_or(&self.root).to_owned();
-        fs::create_dir_all(&dir).map_err(|source| ArchiveError::CreateDir {
-            path: dir.clone(),
-            source,
-        })?;
-        let file_name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        fs::create_dir_all(&dir).map_err(|source| ArchiveError::CreateDir { path: dir.clone(), source })?;
+        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let temp = tempfile::Builder::new()
             .prefix(&format!(".{file_name}."))
             .suffix(TEMP_SUFFIX)
             .rand_bytes(6)
             .tempfile_in(&dir)
-            .map_err(|source| ArchiveError::CreateTemp {
-                dir: dir.clone(),
-                source,
-            })?;
-        temp.as_file()
-            .lock()
-            .map_err(|source| ArchiveError::CreateTemp {
-                dir: dir.clone(),
-                source,
-            })?;
+            .map_err(|source| ArchiveError::CreateTemp { dir: dir.clone(), source })?;
+        temp.as_file().lock().map_err(|source| ArchiveError::CreateTemp { dir: dir.clone(), source })?;
         Ok(ArchiveWriter {
             temp,
             path,
             dir,
             scanner: TarScanner::new(layout::capture_filter),
+            hasher: Sha256::new(),
             written: 0,
             writeback_from: 0,
         })
     }
+}
+
+/// What reading an archive file back found.
+#[derive(Debug, Clone)]
+pub struct FileCheck {
+    /// Bytes read.
+    pub size: u64,
+    /// Hex sha256 of the file.
+    pub sha256: String,
+    /// What it holds, or why it is not a complete image archive.
+    pub contents: Result<ArchiveContents, String>,
+}
+
+/// Reads an archive file once, computing its checksum and checking it is a complete image archive.
+pub fn check_file(path: &Path) -> Result<FileCheck, ArchiveError> {
+    use std::io::Read;
+    let read_err = |source| ArchiveError::Stat { path: path.to_owned(), source };
+    let mut file = File::open(path).map_err(read_err)?;
+    let mut scanner = TarScanner::new(layout::capture_filter);
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    let mut tar_error = None;
+    loop {
+        let n = file.read(&mut buf).map_err(read_err)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+        if tar_error.is_none()
+            && let Err(e) = scanner.update(&buf[..n])
+        {
+            tar_error = Some(e.to_string());
+        }
+    }
+    let contents = match tar_error {
+        Some(e) => Err(e),
+        None => scanner
+            .finish()
+            .map_err(|e| e.to_string())
+            .and_then(|listing| layout::check(&listing).map_err(|e| e.to_string())),
+    };
+    Ok(FileCheck { size, sha256: hex(&hasher.finalize()), contents })
 }
 
 /// Whether a file name matches this tool's temporary pattern.
@@ -203,6 +332,7 @@ pub struct ArchiveWriter {
     path: PathBuf,
     dir: PathBuf,
     scanner: TarScanner,
+    hasher: Sha256,
     written: u64,
     writeback_from: u64,
 }
@@ -220,66 +350,49 @@ impl ArchiveWriter {
 
     /// Appends the next bytes of the export.
     pub fn write(&mut self, chunk: &[u8]) -> Result<(), ArchiveError> {
-        self.scanner
-            .update(chunk)
-            .map_err(|source| ArchiveError::Tar {
-                path: self.path.clone(),
-                source,
-            })?;
+        self.scanner.update(chunk).map_err(|source| ArchiveError::Tar { path: self.path.clone(), source })?;
         self.temp
             .as_file_mut()
             .write_all(chunk)
-            .map_err(|source| ArchiveError::Write {
-                path: self.temp.path().to_owned(),
-                source,
-            })?;
+            .map_err(|source| ArchiveError::Write { path: self.temp.path().to_owned(), source })?;
+        self.hasher.update(chunk);
         self.written += chunk.len() as u64;
         if self.written - self.writeback_from >= WRITEBACK_STEP {
-            start_writeback(
-                self.temp.as_file(),
-                self.writeback_from,
-                self.written - self.writeback_from,
-            );
+            start_writeback(self.temp.as_file(), self.writeback_from, self.written - self.writeback_from);
             self.writeback_from = self.written;
         }
         Ok(())
     }
 
-    /// Checks the archive is complete, makes it durable and renames it over the final name.
-    pub fn publish(self) -> Result<Published, ArchiveError> {
-        let ArchiveWriter {
-            temp,
-            path,
-            dir,
-            scanner,
-            written,
-            ..
-        } = self;
-        let listing = scanner.finish().map_err(|source| ArchiveError::Tar {
-            path: path.clone(),
-            source,
-        })?;
-        let contents = layout::check(&listing).map_err(|source| ArchiveError::Layout {
-            path: path.clone(),
-            source,
-        })?;
-        let publish_err = |source| ArchiveError::Publish {
-            path: path.clone(),
-            source,
-        };
+    /// Checks the archive is complete, makes it durable, renames it over the final name, writes
+    /// its record next to it and fsyncs the directory.
+    pub fn publish(self, draft: RecordDraft) -> Result<Published, ArchiveError> {
+        let ArchiveWriter { temp, path, dir, scanner, hasher, written, .. } = self;
+        let listing = scanner.finish().map_err(|source| ArchiveError::Tar { path: path.clone(), source })?;
+        let contents =
+            layout::check(&listing).map_err(|source| ArchiveError::Layout { path: path.clone(), source })?;
+        let publish_err = |source| ArchiveError::Publish { path: path.clone(), source };
         let file = temp.as_file();
-        file.set_permissions(fs::Permissions::from_mode(ARCHIVE_MODE))
-            .map_err(publish_err)?;
+        file.set_permissions(fs::Permissions::from_mode(ARCHIVE_MODE)).map_err(publish_err)?;
         file.sync_all().map_err(publish_err)?;
         temp.persist(&path).map_err(|e| publish_err(e.error))?;
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(publish_err)?;
-        Ok(Published {
-            path,
-            bytes: written,
-            contents,
-        })
+        let now = record::timestamp(SystemTime::now());
+        let record = Record {
+            format: record::FORMAT,
+            reference: draft.reference,
+            repo_digest: draft.repo_digest,
+            image_id: draft.image_id,
+            layout: contents.layout,
+            size: written,
+            sha256: hex(&hasher.finalize()),
+            created: now.clone(),
+            checked: now,
+            damaged: None,
+            tool: format!("image-preloader {}", env!("CARGO_PKG_VERSION")),
+        };
+        record.write(&path)?;
+        File::open(&dir).and_then(|d| d.sync_all()).map_err(publish_err)?;
+        Ok(Published { path, bytes: written, contents, record })
     }
 
     /// Runs this writer on a blocking thread and returns the async end that feeds it.
@@ -290,17 +403,24 @@ impl ArchiveWriter {
             loop {
                 match rx.blocking_recv() {
                     Some(Message::Data(chunk)) => writer.write(&chunk)?,
-                    Some(Message::Commit) => return writer.publish(),
+                    Some(Message::Commit(draft)) => return writer.publish(draft),
                     None => {
-                        return Err(ArchiveError::Abandoned {
-                            path: writer.path.clone(),
-                        });
+                        return Err(ArchiveError::Abandoned { path: writer.path.clone() });
                     }
                 }
             }
         });
         ArchiveSink { tx, task }
     }
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 #[cfg(target_os = "linux")]
@@ -323,7 +443,7 @@ fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 enum Message {
     Data(Bytes),
-    Commit,
+    Commit(RecordDraft),
 }
 
 /// The async end of an [`ArchiveWriter`] running on a blocking thread.
@@ -340,10 +460,10 @@ impl ArchiveSink {
         self.tx.send(Message::Data(chunk)).await.map_err(drop)
     }
 
-    /// Ends the stream and publishes the archive.
-    pub async fn commit(self) -> Result<Published, ArchiveError> {
+    /// Ends the stream and publishes the archive with its record.
+    pub async fn commit(self, draft: RecordDraft) -> Result<Published, ArchiveError> {
         // If the writer already stopped, its result says why.
-        let _ = self.tx.send(Message::Commit).await;
+        let _ = self.tx.send(Message::Commit(draft)).await;
         drop(self.tx);
         join(self.task).await
     }
@@ -359,9 +479,7 @@ impl ArchiveSink {
     }
 }
 
-async fn join(
-    task: JoinHandle<Result<Published, ArchiveError>>,
-) -> Result<Published, ArchiveError> {
+async fn join(task: JoinHandle<Result<Published, ArchiveError>>) -> Result<Published, ArchiveError> {
     match task.await {
         Ok(result) => result,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -376,9 +494,8 @@ mod tests {
 
     fn image_tar() -> Vec<u8> {
         let config = "ab".repeat(32);
-        let manifest = format!(
-            r#"[{{"Config":"{config}.json","RepoTags":["a:1"],"Layers":["l/layer.tar"]}}]"#
-        );
+        let manifest =
+            format!(r#"[{{"Config":"{config}.json","RepoTags":["a:1"],"Layers":["l/layer.tar"]}}]"#);
         TarBuilder::default()
             .file("l/layer.tar", &[1; 2000])
             .file(&format!("{config}.json"), b"{}")
@@ -390,14 +507,7 @@ mod tests {
         let mut names: Vec<String> = WalkDir::new(dir)
             .min_depth(1)
             .into_iter()
-            .map(|e| {
-                e.unwrap()
-                    .path()
-                    .strip_prefix(dir)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned()
-            })
+            .map(|e| e.unwrap().path().strip_prefix(dir).unwrap().to_string_lossy().into_owned())
             .collect();
         names.sort();
         names
@@ -410,27 +520,27 @@ mod tests {
         let rel = Path::new("user/app_1.tar");
         let bytes = image_tar();
         let mut writer = store.create(rel).unwrap();
-        assert!(is_temporary(
-            writer.temp_path().file_name().unwrap().to_str().unwrap()
-        ));
+        assert!(is_temporary(writer.temp_path().file_name().unwrap().to_str().unwrap()));
         for chunk in bytes.chunks(333) {
             writer.write(chunk).unwrap();
         }
-        assert_eq!(
-            store.modified(rel).unwrap(),
-            None,
-            "nothing under the final name before publish"
-        );
-        let published = writer.publish().unwrap();
+        assert_eq!(store.modified(rel).unwrap(), None, "nothing under the final name before publish");
+        let draft = RecordDraft { reference: "reg/user/app:1".into(), ..RecordDraft::default() };
+        let published = writer.publish(draft).unwrap();
         assert_eq!(published.bytes, bytes.len() as u64);
         assert_eq!(fs::read(store.path_of(rel)).unwrap(), bytes);
-        let mode = fs::metadata(store.path_of(rel))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
+        let mode = fs::metadata(store.path_of(rel)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, ARCHIVE_MODE);
-        assert_eq!(entries(dir.path()), ["user", "user/app_1.tar"]);
+        assert_eq!(entries(dir.path()), ["user", "user/app_1.tar", "user/app_1.tar.json"]);
+        let record = Record::read(&store.path_of(rel)).unwrap().unwrap();
+        assert_eq!(record, published.record);
+        assert_eq!((record.size, record.reference.as_str()), (bytes.len() as u64, "reg/user/app:1"));
+        assert_eq!(record.sha256, hex(&Sha256::digest(&bytes)));
+        let (state, recorded) = store.state(rel).unwrap();
+        assert_eq!(state.unwrap().size, bytes.len() as u64);
+        assert_eq!(recorded, RecordState::Present { size: record.size, repo_digest: None, damaged: None });
+        assert_eq!(store.recorded().unwrap(), vec![(rel.to_owned(), record)]);
+        assert_eq!(store.archives().unwrap(), vec![rel.to_owned()]);
     }
 
     #[test]
@@ -442,7 +552,7 @@ mod tests {
         let bytes = image_tar();
         let mut writer = store.create(rel).unwrap();
         writer.write(&bytes[..bytes.len() - 1024]).unwrap();
-        let err = writer.publish().unwrap_err();
+        let err = writer.publish(RecordDraft::default()).unwrap_err();
         assert!(matches!(err, ArchiveError::Tar { .. }), "{err}");
         assert_eq!(fs::read(store.path_of(rel)).unwrap(), b"old archive");
         assert_eq!(entries(dir.path()), ["app_1.tar"]);
@@ -464,10 +574,7 @@ mod tests {
         let removed = store.remove_leftovers().unwrap();
         assert_eq!(removed, vec![dead_path.clone()]);
         assert!(!dead_path.exists());
-        assert!(
-            live.temp_path().exists(),
-            "a file being written is left alone"
-        );
+        assert!(live.temp_path().exists(), "a file being written is left alone");
         assert!(dir.path().join("u/.foreign-dotfile").exists());
         assert!(dir.path().join("u/other.tar").exists());
     }
@@ -477,9 +584,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = ArchiveStore::new(dir.path());
         let sink = store.create(Path::new("a_1.tar")).unwrap().spawn();
-        sink.send(Bytes::from(image_tar()[..1000].to_vec()))
-            .await
-            .unwrap();
+        sink.send(Bytes::from(image_tar()[..1000].to_vec())).await.unwrap();
         assert!(sink.abandon().await.is_none());
         assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
     }
@@ -492,8 +597,30 @@ mod tests {
         for chunk in image_tar().chunks(100) {
             sink.send(Bytes::copy_from_slice(chunk)).await.unwrap();
         }
-        let published = sink.commit().await.unwrap();
+        let published = sink.commit(RecordDraft::default()).await.unwrap();
         assert_eq!(published.contents.images[0].repo_tags, ["a:1"]);
-        assert_eq!(entries(dir.path()), ["a_1.tar"]);
+        assert_eq!(entries(dir.path()), ["a_1.tar", "a_1.tar.json"]);
+    }
+
+    #[test]
+    fn touch_refreshes_time_and_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ArchiveStore::new(dir.path());
+        let rel = Path::new("a_1.tar");
+        let mut writer = store.create(rel).unwrap();
+        writer.write(&image_tar()).unwrap();
+        let published = writer.publish(RecordDraft::default()).unwrap();
+        let old = SystemTime::now() - std::time::Duration::from_secs(30 * 86400);
+        filetime::set_file_mtime(&published.path, filetime::FileTime::from_system_time(old)).unwrap();
+        let mut stale = published.record.clone();
+        stale.checked = record::timestamp(old);
+        stale.write(&published.path).unwrap();
+
+        store.touch(rel).unwrap();
+        let (state, _) = store.state(rel).unwrap();
+        assert!(state.unwrap().modified > old + std::time::Duration::from_secs(29 * 86400));
+        let record = Record::read(&published.path).unwrap().unwrap();
+        assert_ne!(record.checked, stale.checked);
+        assert_eq!(record.sha256, published.record.sha256, "content untouched");
     }
 }

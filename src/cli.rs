@@ -5,13 +5,15 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::space::MinFree;
+
 /// Default archive directory (the seed chart's `hostPath`).
 pub const DEFAULT_DIR: &str = "/opt/runner/images";
 
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success (for `run`: stopped by SIGTERM or SIGINT)
-  1  at least one image failed (`warm`)
+  1  at least one image failed (`warm`); damaged, unrecorded or missing archives (`verify`)
   2  usage or configuration error (invalid reference, two references mapping to one archive,
      unreadable images file), detected before any pull or write
   3  the Docker daemon did not answer within --wait-timeout
@@ -50,6 +52,19 @@ pub enum CliCommand {
     Warm(WarmArgs),
     /// Print the archive path, relative to --dir, of each image, one per line. Needs no daemon.
     Path(PathArgs),
+    /// Read every archive back: recompute checksums, check completeness and compare with the
+    /// records. Damaged archives are marked so the next pass rebuilds them.
+    Verify(VerifyArgs),
+}
+
+/// How archives that reached --max-image-age are refreshed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RefreshPolicyArg {
+    /// Ask the registry for the image's current digest; rebuild only if it changed, otherwise
+    /// just refresh the archive's time.
+    Digest,
+    /// Pull and save again, whatever the registry serves (the seed chart's behaviour).
+    Rebuild,
 }
 
 /// Log output formats.
@@ -74,15 +89,23 @@ pub struct ImagesArgs {
     pub images_file: Option<PathBuf>,
 }
 
+/// The archive directory.
+#[derive(Debug, Args)]
+pub struct DirArg {
+    /// Archive directory: archives are written to <DIR>/<user>/<image>_<tag>.tar, each with its
+    /// record <image>_<tag>.tar.json.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DIR, env = "IMAGE_PRELOADER_DIR")]
+    pub dir: PathBuf,
+}
+
 /// Options of the commands that write archives.
 #[derive(Debug, Args)]
 pub struct PreloadArgs {
     #[command(flatten)]
     pub images: ImagesArgs,
 
-    /// Archive directory: archives are written to <DIR>/<user>/<image>_<tag>.tar.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_DIR, env = "IMAGE_PRELOADER_DIR")]
-    pub dir: PathBuf,
+    #[command(flatten)]
+    pub dir: DirArg,
 
     /// Rebuild an archive once it is this many days old; 0 rebuilds every pass, a negative value
     /// never rebuilds an existing archive.
@@ -94,6 +117,25 @@ pub struct PreloadArgs {
         env = "IMAGE_PRELOADER_MAX_IMAGE_AGE"
     )]
     pub max_image_age: i64,
+
+    /// How an archive that reached --max-image-age is refreshed.
+    #[arg(long, value_enum, value_name = "POLICY", default_value_t = RefreshPolicyArg::Digest, env = "IMAGE_PRELOADER_REFRESH_POLICY")]
+    pub refresh_policy: RefreshPolicyArg,
+
+    /// Free space to keep on the archive file system: a percentage of its size (`10%`) or a size
+    /// (`5Gi`, `500MiB`, `2G`); a build that would go below it is skipped. `0` disables the guard.
+    #[arg(long, value_name = "SIZE", default_value = "10%", value_parser = MinFree::parse, env = "IMAGE_PRELOADER_MIN_FREE")]
+    pub min_free: MinFree,
+
+    /// After each pass, remove the archives (and records) this tool made for images no longer in
+    /// the list. Files without a record are never touched.
+    #[arg(long, env = "IMAGE_PRELOADER_PRUNE")]
+    pub prune: bool,
+
+    /// Remove each image from the daemon once its archive is saved: less daemon storage, but the
+    /// next rebuild pulls every layer again.
+    #[arg(long, env = "IMAGE_PRELOADER_REMOVE_AFTER_SAVE")]
+    pub remove_after_save: bool,
 
     /// Docker daemon address (unix:///path, tcp://host:port) [default: $DOCKER_HOST, else
     /// unix:///var/run/docker.sock].
@@ -133,16 +175,24 @@ pub struct WarmArgs {
 pub struct PathArgs {
     #[command(flatten)]
     pub images: ImagesArgs,
+
+    /// Print the path of each archive's record (`<archive>.json`) instead of the archive's.
+    #[arg(long, env = "IMAGE_PRELOADER_RECORD")]
+    pub record: bool,
+}
+
+/// `verify` options.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub dir: DirArg,
 }
 
 /// Seconds (`90`) or a duration (`90s`, `2m`, `1h30m`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        return s
-            .parse::<u64>()
-            .map(Duration::from_secs)
-            .map_err(|e| e.to_string());
+        return s.parse::<u64>().map(Duration::from_secs).map_err(|e| e.to_string());
     }
     humantime::parse_duration(s)
         .map_err(|e| format!("{e} (expected seconds or a duration such as 90s, 2m, 1h)"))
@@ -184,13 +234,8 @@ mod tests {
                 if arg.is_positional() || ["help", "version"].contains(&arg.get_id().as_str()) {
                     continue;
                 }
-                let env = arg
-                    .get_env()
-                    .unwrap_or_else(|| panic!("--{} has no env var", arg.get_id()));
-                assert!(
-                    env.to_string_lossy().starts_with("IMAGE_PRELOADER_"),
-                    "{env:?}"
-                );
+                let env = arg.get_env().unwrap_or_else(|| panic!("--{} has no env var", arg.get_id()));
+                assert!(env.to_string_lossy().starts_with("IMAGE_PRELOADER_"), "{env:?}");
                 assert!(arg.get_help().is_some(), "--{} has no help", arg.get_id());
             }
         }
@@ -198,11 +243,8 @@ mod tests {
 
     #[test]
     fn negative_max_age_parses() {
-        let cli =
-            Cli::try_parse_from(["image-preloader", "warm", "--max-image-age", "-1", "a"]).unwrap();
-        let CliCommand::Warm(args) = cli.command else {
-            panic!()
-        };
+        let cli = Cli::try_parse_from(["image-preloader", "warm", "--max-image-age", "-1", "a"]).unwrap();
+        let CliCommand::Warm(args) = cli.command else { panic!() };
         assert_eq!(args.preload.max_image_age, -1);
     }
 }

@@ -3,10 +3,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::{CliCommand, ImagesArgs, PreloadArgs};
+use crate::cli::{CliCommand, ImagesArgs, PreloadArgs, RefreshPolicyArg};
 use crate::docker::{self, DockerError};
 use crate::images::{self, ImageListError, ImageSpec};
-use crate::policy::MaxAge;
+use crate::pass::Settings;
+use crate::policy::{MaxAge, RefreshPolicy};
+use crate::space::MinFree;
 
 /// Docker's default socket.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -18,8 +20,18 @@ pub enum Config {
     Run(RunConfig),
     /// One pass.
     Warm(PreloadConfig),
-    /// Print archive paths.
-    Path(Vec<ImageSpec>),
+    /// Print archive (or record) paths.
+    Path {
+        /// The images.
+        images: Vec<ImageSpec>,
+        /// Print record paths instead.
+        record: bool,
+    },
+    /// Check every archive in a directory.
+    Verify {
+        /// The archive directory.
+        dir: PathBuf,
+    },
 }
 
 /// Settings shared by `run` and `warm`.
@@ -29,14 +41,35 @@ pub struct PreloadConfig {
     pub images: Vec<ImageSpec>,
     /// Archive directory.
     pub dir: PathBuf,
-    /// Refresh policy.
+    /// Age rule.
     pub max_age: MaxAge,
+    /// What happens at expiry.
+    pub refresh: RefreshPolicy,
+    /// Disk guard.
+    pub min_free: MinFree,
+    /// Remove unlisted archives after each pass.
+    pub prune: bool,
+    /// Remove images from the daemon after saving.
+    pub remove_after_save: bool,
     /// Daemon address.
     pub docker_host: String,
     /// How long to wait for the daemon.
     pub wait_timeout: Duration,
     /// Images processed at once.
     pub concurrency: usize,
+}
+
+impl PreloadConfig {
+    /// The settings of one pass.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            max_age: self.max_age,
+            refresh: self.refresh,
+            min_free: self.min_free,
+            concurrency: self.concurrency,
+            remove_after_save: self.remove_after_save,
+        }
+    }
 }
 
 /// `run` settings.
@@ -64,12 +97,12 @@ impl TryFrom<CliCommand> for Config {
 
     fn try_from(command: CliCommand) -> Result<Config, ConfigError> {
         Ok(match command {
-            CliCommand::Run(args) => Config::Run(RunConfig {
-                preload: preload_config(args.preload)?,
-                interval: args.interval,
-            }),
+            CliCommand::Run(args) => {
+                Config::Run(RunConfig { preload: preload_config(args.preload)?, interval: args.interval })
+            }
             CliCommand::Warm(args) => Config::Warm(preload_config(args.preload)?),
-            CliCommand::Path(args) => Config::Path(path_list(&args.images)?),
+            CliCommand::Path(args) => Config::Path { images: path_list(&args.images)?, record: args.record },
+            CliCommand::Verify(args) => Config::Verify { dir: args.dir.dir },
         })
     }
 }
@@ -102,8 +135,15 @@ fn preload_config(args: PreloadArgs) -> Result<PreloadConfig, ConfigError> {
     docker::validate_host(&docker_host)?;
     Ok(PreloadConfig {
         images: image_list(&args.images)?,
-        dir: args.dir,
+        dir: args.dir.dir,
         max_age: MaxAge::from_days(args.max_image_age),
+        refresh: match args.refresh_policy {
+            RefreshPolicyArg::Digest => RefreshPolicy::Digest,
+            RefreshPolicyArg::Rebuild => RefreshPolicy::Rebuild,
+        },
+        min_free: args.min_free,
+        prune: args.prune,
+        remove_after_save: args.remove_after_save,
         docker_host,
         wait_timeout: args.wait_timeout,
         concurrency: usize::from(args.concurrency),

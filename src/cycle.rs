@@ -41,30 +41,27 @@ where
     Fut: Future<Output = PassReport>,
 {
     let mut list = images.borrow_and_update().clone();
-    let mut schedule: Schedule<PathBuf> = Schedule::new(
-        list.iter().map(|i| i.archive.clone()),
-        interval,
-        Instant::now(),
-    );
+    let mut schedule: Schedule<PathBuf> =
+        Schedule::new(list.iter().map(|i| i.archive.clone()), interval, Instant::now());
     let mut summary = RunSummary::default();
     let mut list_open = true;
 
     loop {
         let due_keys = schedule.due(Instant::now());
         if !due_keys.is_empty() {
-            let due: Vec<ImageSpec> = list
-                .iter()
-                .filter(|i| due_keys.contains(&i.archive))
-                .cloned()
-                .collect();
+            let due: Vec<ImageSpec> =
+                list.iter().filter(|i| due_keys.contains(&i.archive)).cloned().collect();
             summary.passes += 1;
             let report = pass(due).await;
             let now = Instant::now();
             let mut retry: Option<Duration> = None;
             for (image, outcome) in &report.outcomes {
                 match outcome {
-                    Outcome::Built(_) | Outcome::Kept(_) => schedule.succeeded(&image.archive, now),
-                    Outcome::Failed(_) => {
+                    Outcome::Built(_) | Outcome::Kept(_) | Outcome::Unchanged => {
+                        schedule.succeeded(&image.archive, now)
+                    }
+                    // Kept, but the registry could not be asked: check again soon.
+                    Outcome::Failed(_) | Outcome::Unverified(_) => {
                         let delay = schedule.failed(&image.archive, now);
                         retry = Some(retry.map_or(delay, |r| r.min(delay)));
                     }
@@ -81,10 +78,7 @@ where
 
         let next = schedule.next_due();
         if let Some(next) = next {
-            info!(
-                "next check in {}",
-                human::duration(next.saturating_duration_since(Instant::now()))
-            );
+            info!("next check in {}", human::duration(next.saturating_duration_since(Instant::now())));
         }
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -99,12 +93,7 @@ where
             },
         }
     }
-    info!(
-        passes = summary.passes,
-        built = summary.built,
-        failures = summary.failures,
-        "shutting down"
-    );
+    info!(passes = summary.passes, built = summary.built, failures = summary.failures, "shutting down");
     summary
 }
 
@@ -115,46 +104,44 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Logs the one-line summary of a pass.
+/// Logs the one-line summary of a pass; `retry` is the delay before failed or unverified images
+/// are tried again.
 pub fn log_pass(number: u64, report: &PassReport, retry: Option<Duration>) {
-    let line = format!(
-        "pass {number} complete in {}: {} built ({}), {} up to date, {} failed{}",
+    let mut line = format!(
+        "pass {number} complete in {}: {} built ({}), {} up to date",
         human::duration(report.elapsed),
         report.built(),
         human::bytes(report.bytes_written()),
         report.kept(),
-        report.failed(),
-        if report.cancelled() > 0 {
-            format!(", {} abandoned", report.cancelled())
-        } else {
-            String::new()
-        },
     );
-    let fields = (
-        report.built(),
-        report.kept(),
-        report.failed(),
-        report.bytes_written(),
-    );
-    match retry {
-        Some(delay) => warn!(
-            pass = number,
-            built = fields.0,
-            up_to_date = fields.1,
-            failed = fields.2,
-            bytes = fields.3,
-            "{line}; retrying failures in {}",
-            human::duration(delay)
-        ),
-        None => info!(
-            pass = number,
-            built = fields.0,
-            up_to_date = fields.1,
-            failed = fields.2,
-            bytes = fields.3,
-            "{line}"
-        ),
+    if report.unchanged() > 0 {
+        line.push_str(&format!(" ({} confirmed unchanged by the registry)", report.unchanged()));
     }
+    if report.unverified() > 0 {
+        line.push_str(&format!(", {} not verifiable (registry unreachable)", report.unverified()));
+    }
+    line.push_str(&format!(", {} failed", report.failed()));
+    if report.cancelled() > 0 {
+        line.push_str(&format!(", {} abandoned", report.cancelled()));
+    }
+    if let Some(delay) = retry {
+        line.push_str(&format!("; retrying in {}", human::duration(delay)));
+    }
+    macro_rules! emit {
+        ($level:ident) => {
+            $level!(
+                pass = number,
+                built = report.built(),
+                up_to_date = report.kept(),
+                unchanged = report.unchanged(),
+                unverified = report.unverified(),
+                failed = report.failed(),
+                bytes = report.bytes_written(),
+                "{line}"
+            )
+        };
+    }
+    if report.failed() > 0 || report.unverified() > 0 { emit!(warn) } else { emit!(info) }
 }
 
 #[cfg(test)]
@@ -190,20 +177,14 @@ mod tests {
                 .map(|image| {
                     let outcome = if image.reference.to_string() == bad && failures_left > 0 {
                         failures_left -= 1;
-                        Outcome::Failed(Failure {
-                            step: crate::pass::Step::Pull,
-                            message: "boom".into(),
-                        })
+                        Outcome::Failed(Failure { step: crate::pass::Step::Pull, message: "boom".into() })
                     } else {
                         Outcome::Kept(KeepReason::RefreshDisabled)
                     };
                     (image, outcome)
                 })
                 .collect();
-            std::future::ready(PassReport {
-                outcomes,
-                elapsed: Duration::ZERO,
-            })
+            std::future::ready(PassReport { outcomes, elapsed: Duration::ZERO })
         }
     }
 
@@ -218,13 +199,7 @@ mod tests {
             tokio::time::sleep(HOUR * 2 + Duration::from_secs(1)).await;
             stopper.cancel();
         });
-        let summary = run(
-            rx,
-            HOUR,
-            cancel,
-            recording_pass(start, "bad:1", 3, log.clone()),
-        )
-        .await;
+        let summary = run(rx, HOUR, cancel, recording_pass(start, "bad:1", 3, log.clone())).await;
 
         let calls = log.lock().unwrap().clone();
         let expected: Vec<(u64, Vec<String>)> = vec![
@@ -237,14 +212,7 @@ mod tests {
             (7200, vec!["good:1".into()]),
         ];
         assert_eq!(calls, expected);
-        assert_eq!(
-            summary,
-            RunSummary {
-                passes: 7,
-                built: 0,
-                failures: 3
-            }
-        );
+        assert_eq!(summary, RunSummary { passes: 7, built: 0, failures: 3 });
     }
 
     #[tokio::test(start_paused = true)]

@@ -3,14 +3,16 @@
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
-use bollard::query_parameters::{CreateImageOptionsBuilder, TagImageOptionsBuilder};
+use bollard::query_parameters::{
+    CreateImageOptionsBuilder, RemoveImageOptionsBuilder, TagImageOptionsBuilder,
+};
 use bytes::Bytes;
 use futures_util::stream::{BoxStream, StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::reference::Reference;
-use crate::source::{ImageSource, PullOutcome, SourceError};
+use crate::source::{ImageFacts, ImageSource, PullOutcome, Pulled, SourceError};
 
 /// How long one connection attempt (ping, version negotiation) may take.
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
@@ -31,25 +33,17 @@ pub enum DockerError {
     )]
     UnsupportedHost { host: String },
     #[error("the docker daemon at {host} did not answer within {}: {last_error}", humantime::format_duration(*.waited))]
-    Unavailable {
-        host: String,
-        waited: Duration,
-        last_error: String,
-    },
+    Unavailable { host: String, waited: Duration, last_error: String },
     #[error("interrupted while waiting for the docker daemon at {host}")]
     Interrupted { host: String },
 }
 
 /// Checks that `host` is a daemon address this build can use, without connecting.
 pub fn validate_host(host: &str) -> Result<(), DockerError> {
-    let rest = ["unix://", "tcp://", "http://"]
-        .iter()
-        .find_map(|scheme| host.strip_prefix(scheme));
+    let rest = ["unix://", "tcp://", "http://"].iter().find_map(|scheme| host.strip_prefix(scheme));
     match rest {
         Some(rest) if !rest.is_empty() => Ok(()),
-        _ => Err(DockerError::UnsupportedHost {
-            host: host.to_owned(),
-        }),
+        _ => Err(DockerError::UnsupportedHost { host: host.to_owned() }),
     }
 }
 
@@ -84,9 +78,8 @@ impl DockerDaemon {
         loop {
             attempts += 1;
             // One attempt never runs past the overall deadline (but gets a moment even at 0).
-            let budget = PING_TIMEOUT
-                .min(timeout.saturating_sub(start.elapsed()))
-                .max(Duration::from_millis(200));
+            let budget =
+                PING_TIMEOUT.min(timeout.saturating_sub(start.elapsed())).max(Duration::from_millis(200));
             let last_error = match tokio::time::timeout(budget, try_connect(host)).await {
                 Ok(Ok(ready)) => return Ok(ready),
                 Ok(Err(e)) => e,
@@ -94,11 +87,7 @@ impl DockerDaemon {
             };
             let waited = start.elapsed();
             if waited >= timeout {
-                return Err(DockerError::Unavailable {
-                    host: host.to_owned(),
-                    waited,
-                    last_error,
-                });
+                return Err(DockerError::Unavailable { host: host.to_owned(), waited, last_error });
             }
             if attempts == 1 || last_log.elapsed() >= WAIT_LOG_EVERY {
                 info!(
@@ -137,39 +126,29 @@ async fn try_connect(host: &str) -> Result<(DockerDaemon, DaemonInfo), String> {
     }
     .map_err(|e| e.to_string())?;
     client.ping().await.map_err(|e| e.to_string())?;
-    let client = client
-        .negotiate_version()
-        .await
-        .map_err(|e| e.to_string())?;
+    let client = client.negotiate_version().await.map_err(|e| e.to_string())?;
     let version = client.version().await.map_err(|e| e.to_string())?;
     let info = DaemonInfo {
         version: version.version.unwrap_or_else(|| "unknown".into()),
         api_version: client.client_version().to_string(),
     };
-    Ok((
-        DockerDaemon {
-            client,
-            host: host.to_owned(),
-        },
-        info,
-    ))
+    Ok((DockerDaemon { client, host: host.to_owned() }, info))
 }
 
 /// The daemon's own message for an error, without bollard's wrapping.
 fn message(error: bollard::errors::Error) -> String {
     use bollard::errors::Error;
     match error {
-        Error::DockerResponseServerError {
-            status_code,
-            message,
-        } => format!("{message} (HTTP {status_code})"),
+        Error::DockerResponseServerError { status_code, message } => {
+            format!("{message} (HTTP {status_code})")
+        }
         Error::DockerStreamError { error } => error,
         other => other.to_string(),
     }
 }
 
 impl ImageSource for DockerDaemon {
-    async fn pull(&self, image: &Reference) -> Result<PullOutcome, SourceError> {
+    async fn pull(&self, image: &Reference) -> Result<Pulled, SourceError> {
         let name = image.to_string();
         let options = CreateImageOptionsBuilder::default()
             .from_image(&image.repository())
@@ -177,13 +156,13 @@ impl ImageSource for DockerDaemon {
             .build();
         let mut progress = self.client.create_image(Some(options), None, None);
         let mut outcome = PullOutcome::Unknown;
+        let mut digest = None;
         while let Some(item) = progress.next().await {
-            let info = item.map_err(|e| SourceError::Pull {
-                image: name.clone(),
-                message: message(e),
-            })?;
+            let info = item.map_err(|e| SourceError::Pull { image: name.clone(), message: message(e) })?;
             let Some(status) = info.status else { continue };
-            if status.starts_with("Status: Downloaded newer image") {
+            if let Some(d) = status.strip_prefix("Digest: ") {
+                digest = Some(d.trim().to_owned());
+            } else if status.starts_with("Status: Downloaded newer image") {
                 outcome = PullOutcome::Downloaded;
             } else if status.starts_with("Status: Image is up to date") {
                 outcome = PullOutcome::UpToDate;
@@ -203,23 +182,48 @@ impl ImageSource for DockerDaemon {
             self.client
                 .tag_image(&digested, Some(options))
                 .await
-                .map_err(|e| SourceError::Tag {
-                    image: name.clone(),
-                    message: message(e),
-                })?;
+                .map_err(|e| SourceError::Tag { image: name.clone(), message: message(e) })?;
         }
-        Ok(outcome)
+        Ok(Pulled { outcome, digest })
+    }
+
+    async fn inspect(&self, image: &Reference) -> Result<ImageFacts, SourceError> {
+        let inspect_err = |message| SourceError::Inspect { image: image.to_string(), message };
+        let info =
+            self.client.inspect_image(&image.export_name()).await.map_err(|e| inspect_err(message(e)))?;
+        let id = info.id.ok_or_else(|| inspect_err("the daemon reported no image ID".into()))?;
+        let size = info.size.and_then(|s| u64::try_from(s).ok()).unwrap_or(0);
+        Ok(ImageFacts { id, size })
+    }
+
+    async fn remote_digest(&self, image: &Reference) -> Result<String, SourceError> {
+        let resolve_err = |message| SourceError::Resolve { image: image.to_string(), message };
+        // The daemon's distribution endpoint resolves the tag at the registry with the daemon's
+        // credentials (Docker 20.10: a manifest HEAD, then a GET of that manifest by digest to list
+        // its platforms). Nothing is downloaded beyond the manifest.
+        let info = self
+            .client
+            .inspect_registry_image(&image.export_name(), None)
+            .await
+            .map_err(|e| resolve_err(message(e)))?;
+        info.descriptor.digest.ok_or_else(|| resolve_err("the registry reported no digest".into()))
     }
 
     fn export(&self, image: &Reference) -> BoxStream<'static, Result<Bytes, SourceError>> {
         let name = image.to_string();
         self.client
             .export_image(&image.export_name())
-            .map_err(move |e| SourceError::Export {
-                image: name.clone(),
-                message: message(e),
-            })
+            .map_err(move |e| SourceError::Export { image: name.clone(), message: message(e) })
             .boxed()
+    }
+
+    async fn remove(&self, image: &Reference) -> Result<(), SourceError> {
+        let options = RemoveImageOptionsBuilder::default().build();
+        self.client
+            .remove_image(&image.export_name(), Some(options), None)
+            .await
+            .map(drop)
+            .map_err(|e| SourceError::Remove { image: image.to_string(), message: message(e) })
     }
 }
 
@@ -229,21 +233,12 @@ mod tests {
 
     #[test]
     fn hosts() {
-        for ok in [
-            "unix:///var/run/docker.sock",
-            "tcp://127.0.0.1:2375",
-            "http://localhost:2375",
-        ] {
+        for ok in ["unix:///var/run/docker.sock", "tcp://127.0.0.1:2375", "http://localhost:2375"] {
             assert_eq!(validate_host(ok), Ok(()), "{ok}");
         }
-        for bad in [
-            "/var/run/docker.sock",
-            "unix://",
-            "ssh://host",
-            "https://h:2376",
-            "npipe:////./pipe/x",
-            "",
-        ] {
+        for bad in
+            ["/var/run/docker.sock", "unix://", "ssh://host", "https://h:2376", "npipe:////./pipe/x", ""]
+        {
             assert!(validate_host(bad).is_err(), "{bad}");
         }
     }

@@ -64,10 +64,8 @@ pub struct ImageList {
 /// Reads the images file (one reference per line; `#` comments, blank lines and surrounding
 /// spaces ignored).
 pub fn read_file(path: &Path) -> Result<Vec<(Origin, String)>, ImageListError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ImageListError::Unreadable {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ImageListError::Unreadable { path: path.to_owned(), message: e.to_string() })?;
     Ok(parse_lines(path, &text))
 }
 
@@ -76,20 +74,14 @@ pub fn parse_lines(path: &Path, text: &str) -> Vec<(Origin, String)> {
     text.lines()
         .enumerate()
         .filter_map(|(i, line)| {
-            let content = line
-                .split_once('#')
-                .map_or(line, |(before, _)| before)
-                .trim();
-            (!content.is_empty())
-                .then(|| (Origin::Line(path.to_owned(), i + 1), content.to_owned()))
+            let content = line.split_once('#').map_or(line, |(before, _)| before).trim();
+            (!content.is_empty()).then(|| (Origin::Line(path.to_owned(), i + 1), content.to_owned()))
         })
         .collect()
 }
 
 /// Parses every entry, reporting every invalid one; keeps order and duplicates.
-pub fn parse_all(
-    entries: Vec<(Origin, String)>,
-) -> Result<Vec<(Origin, String, ImageSpec)>, ImageListError> {
+pub fn parse_all(entries: Vec<(Origin, String)>) -> Result<Vec<(Origin, String, ImageSpec)>, ImageListError> {
     let mut problems = Vec::new();
     let mut parsed = Vec::with_capacity(entries.len());
     for (origin, text) in entries {
@@ -98,11 +90,7 @@ pub fn parse_all(
             Err(e) => problems.push(format!("{origin}: {e}")),
         }
     }
-    if problems.is_empty() {
-        Ok(parsed)
-    } else {
-        Err(ImageListError::Invalid(problems))
-    }
+    if problems.is_empty() { Ok(parsed) } else { Err(ImageListError::Invalid(problems)) }
 }
 
 /// Validates entries: every invalid reference and every pair of different references that map to
@@ -128,23 +116,13 @@ pub fn validate(entries: Vec<(Origin, String)>) -> Result<ImageList, ImageListEr
             }
         }
     }
-    if problems.is_empty() {
-        Ok(list)
-    } else {
-        Err(ImageListError::Invalid(problems))
-    }
+    if problems.is_empty() { Ok(list) } else { Err(ImageListError::Invalid(problems)) }
 }
 
 /// Positional arguments followed by the images file's entries.
-pub fn entries(
-    arguments: &[String],
-    file: Option<&Path>,
-) -> Result<Vec<(Origin, String)>, ImageListError> {
-    let mut entries: Vec<(Origin, String)> = arguments
-        .iter()
-        .enumerate()
-        .map(|(i, a)| (Origin::Argument(i + 1), a.trim().to_owned()))
-        .collect();
+pub fn entries(arguments: &[String], file: Option<&Path>) -> Result<Vec<(Origin, String)>, ImageListError> {
+    let mut entries: Vec<(Origin, String)> =
+        arguments.iter().enumerate().map(|(i, a)| (Origin::Argument(i + 1), a.trim().to_owned())).collect();
     if let Some(path) = file {
         entries.extend(read_file(path)?);
     }
@@ -166,7 +144,8 @@ mod tests {
 
     #[test]
     fn file_syntax() {
-        let text = "# images\n\n  nginx:1  \nbusybox # trailing comment\n\t#indented comment\nreg.io:5000/a/b:c\n";
+        let text =
+            "# images\n\n  nginx:1  \nbusybox # trailing comment\n\t#indented comment\nreg.io:5000/a/b:c\n";
         let entries = parse_lines(Path::new("list.txt"), text);
         let texts: Vec<_> = entries.iter().map(|(_, t)| t.as_str()).collect();
         assert_eq!(texts, ["nginx:1", "busybox", "reg.io:5000/a/b:c"]);
@@ -176,25 +155,13 @@ mod tests {
     #[test]
     fn every_problem_is_reported() {
         let err = load(&args(&["Bad", "ok:1", "x//y"]), None).unwrap_err();
-        let ImageListError::Invalid(problems) = err else {
-            panic!("{err:?}")
-        };
+        let ImageListError::Invalid(problems) = err else { panic!("{err:?}") };
         assert_eq!(problems.len(), 2, "{problems:#?}");
-        assert!(
-            problems[0].starts_with("argument 1: invalid image reference \"Bad\""),
-            "{}",
-            problems[0]
-        );
+        assert!(problems[0].starts_with("argument 1: invalid image reference \"Bad\""), "{}", problems[0]);
         assert!(problems[1].starts_with("argument 3:"), "{}", problems[1]);
 
-        let err = load(
-            &args(&["team/app:1", "other.io/team/app:1", "x.io/team/app:1"]),
-            None,
-        )
-        .unwrap_err();
-        let ImageListError::Invalid(problems) = err else {
-            panic!("{err:?}")
-        };
+        let err = load(&args(&["team/app:1", "other.io/team/app:1", "x.io/team/app:1"]), None).unwrap_err();
+        let ImageListError::Invalid(problems) = err else { panic!("{err:?}") };
         assert_eq!(
             problems,
             [
@@ -207,25 +174,14 @@ mod tests {
     #[test]
     fn same_image_twice_is_dropped_not_refused() {
         let list = load(&args(&["nginx", "nginx:latest", "alpine:3"]), None).unwrap();
-        let names: Vec<_> = list
-            .images
-            .iter()
-            .map(|i| i.reference.to_string())
-            .collect();
+        let names: Vec<_> = list.images.iter().map(|i| i.reference.to_string()).collect();
         assert_eq!(names, ["nginx", "alpine:3"]);
-        assert_eq!(
-            list.duplicates,
-            [("argument 2".to_owned(), "nginx:latest".to_owned())]
-        );
+        assert_eq!(list.duplicates, [("argument 2".to_owned(), "nginx:latest".to_owned())]);
     }
 
     #[test]
     fn unreadable_file_names_the_path() {
         let err = load(&[], Some(Path::new("/nonexistent/images.txt"))).unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("cannot read images file /nonexistent/images.txt"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("cannot read images file /nonexistent/images.txt"), "{err}");
     }
 }

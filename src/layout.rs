@@ -23,7 +23,7 @@ pub fn capture_filter(path: &str, size: u64) -> bool {
 }
 
 /// The export layout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Layout {
     /// `docker save` of Docker ≤ 24.
@@ -68,11 +68,7 @@ pub enum LayoutError {
     #[error("blob {digest} (referenced by {by}) is missing")]
     MissingBlob { digest: String, by: String },
     #[error("blob {digest} has {actual} bytes, its descriptor says {expected}")]
-    BlobSize {
-        digest: String,
-        expected: u64,
-        actual: u64,
-    },
+    BlobSize { digest: String, expected: u64, actual: u64 },
 }
 
 #[derive(Deserialize)]
@@ -108,9 +104,7 @@ struct ImageManifest {
 
 /// Checks a scanned archive, returning what it holds.
 pub fn check(listing: &TarListing) -> Result<ArchiveContents, LayoutError> {
-    let manifest = listing
-        .captured("manifest.json")
-        .ok_or(LayoutError::NoManifest)?;
+    let manifest = listing.captured("manifest.json").ok_or(LayoutError::NoManifest)?;
     let entries: Vec<ManifestEntry> =
         serde_json::from_slice(manifest).map_err(|e| LayoutError::BadManifest(e.to_string()))?;
     if entries.is_empty() {
@@ -121,10 +115,7 @@ pub fn check(listing: &TarListing) -> Result<ArchiveContents, LayoutError> {
     for entry in entries {
         for path in std::iter::once(&entry.config).chain(&entry.layers) {
             if listing.resolve_file(path).is_none() {
-                return Err(LayoutError::Missing {
-                    path: path.clone(),
-                    by: "manifest.json",
-                });
+                return Err(LayoutError::Missing { path: path.clone(), by: "manifest.json" });
             }
         }
         images.push(ArchivedImage {
@@ -145,8 +136,7 @@ pub fn check(listing: &TarListing) -> Result<ArchiveContents, LayoutError> {
 }
 
 fn check_oci(listing: &TarListing, index: &[u8]) -> Result<(), LayoutError> {
-    let index: Index =
-        serde_json::from_slice(index).map_err(|e| LayoutError::BadIndex(e.to_string()))?;
+    let index: Index = serde_json::from_slice(index).map_err(|e| LayoutError::BadIndex(e.to_string()))?;
     if index.manifests.is_empty() {
         return Err(LayoutError::BadIndex("it lists no manifest".into()));
     }
@@ -155,9 +145,7 @@ fn check_oci(listing: &TarListing, index: &[u8]) -> Result<(), LayoutError> {
         // A single-platform image manifest must be whole. The manifests of an image index may
         // legitimately be absent for platforms the daemon does not hold; manifest.json covers the
         // exported platform.
-        if descriptor.media_type.contains("index")
-            || descriptor.media_type.contains("manifest.list")
-        {
+        if descriptor.media_type.contains("index") || descriptor.media_type.contains("manifest.list") {
             continue;
         }
         let Some(blob) = listing.captured(&blob_path(&descriptor.digest)) else {
@@ -175,16 +163,11 @@ fn check_oci(listing: &TarListing, index: &[u8]) -> Result<(), LayoutError> {
 }
 
 fn check_blob(listing: &TarListing, descriptor: &Descriptor, by: &str) -> Result<(), LayoutError> {
-    let missing = || LayoutError::MissingBlob {
-        digest: descriptor.digest.clone(),
-        by: by.to_owned(),
-    };
+    let missing = || LayoutError::MissingBlob { digest: descriptor.digest.clone(), by: by.to_owned() };
     if !descriptor.digest.contains(':') {
         return Err(missing());
     }
-    let actual = listing
-        .resolve_file(&blob_path(&descriptor.digest))
-        .ok_or_else(missing)?;
+    let actual = listing.resolve_file(&blob_path(&descriptor.digest)).ok_or_else(missing)?;
     if actual != descriptor.size {
         return Err(LayoutError::BlobSize {
             digest: descriptor.digest.clone(),
@@ -231,9 +214,7 @@ mod tests {
             r#"[{{"Config":"{CONFIG}.json","RepoTags":["app:1"],"Layers":["aaa/layer.tar","bbb/layer.tar"]}}]"#
         );
         let mut b = TarBuilder::default();
-        b.dir("aaa/")
-            .file("aaa/VERSION", b"1.0")
-            .file("aaa/json", b"{}");
+        b.dir("aaa/").file("aaa/VERSION", b"1.0").file("aaa/json", b"{}");
         if with_layer {
             b.file("aaa/layer.tar", &[0; 1024]);
         }
@@ -264,14 +245,11 @@ mod tests {
         if !drop_layer {
             b.file(&format!("blobs/sha256/{LAYER}"), &layer);
         }
-        b.file(
-            &format!("blobs/sha256/{MANIFEST}"),
-            image_manifest.as_bytes(),
-        )
-        .file("index.json", index.as_bytes())
-        .file("manifest.json", docker_manifest.as_bytes())
-        .file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)
-        .end()
+        b.file(&format!("blobs/sha256/{MANIFEST}"), image_manifest.as_bytes())
+            .file("index.json", index.as_bytes())
+            .file("manifest.json", docker_manifest.as_bytes())
+            .file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)
+            .end()
     }
 
     #[test]
@@ -291,32 +269,20 @@ mod tests {
     #[test]
     fn classic_archive_missing_a_layer_is_refused() {
         let err = check(&scan(&classic(false))).unwrap_err();
-        assert_eq!(
-            err,
-            LayoutError::Missing {
-                path: "aaa/layer.tar".into(),
-                by: "manifest.json"
-            }
-        );
+        assert_eq!(err, LayoutError::Missing { path: "aaa/layer.tar".into(), by: "manifest.json" });
     }
 
     #[test]
     fn oci_archive_is_complete() {
         let contents = check(&scan(&oci(false, 3000))).unwrap();
         assert_eq!(contents.layout, Layout::Oci);
-        assert_eq!(
-            contents.images[0].config_digest,
-            Some(format!("sha256:{CONFIG}"))
-        );
+        assert_eq!(contents.images[0].config_digest, Some(format!("sha256:{CONFIG}")));
     }
 
     #[test]
     fn oci_archive_missing_a_shared_blob_is_refused() {
         let err = check(&scan(&oci(true, 3000))).unwrap_err();
-        assert!(
-            matches!(err, LayoutError::Missing { ref path, .. } if path.ends_with(LAYER)),
-            "{err}"
-        );
+        assert!(matches!(err, LayoutError::Missing { ref path, .. } if path.ends_with(LAYER)), "{err}");
     }
 
     #[test]
@@ -324,11 +290,7 @@ mod tests {
         let err = check(&scan(&oci(false, 2999))).unwrap_err();
         assert_eq!(
             err,
-            LayoutError::BlobSize {
-                digest: format!("sha256:{LAYER}"),
-                expected: 2999,
-                actual: 3000
-            }
+            LayoutError::BlobSize { digest: format!("sha256:{LAYER}"), expected: 2999, actual: 3000 }
         );
     }
 
@@ -348,21 +310,10 @@ mod tests {
     #[test]
     fn manifest_problems() {
         let no_manifest = TarBuilder::default().file("a", b"x").end();
-        assert_eq!(
-            check(&scan(&no_manifest)).unwrap_err(),
-            LayoutError::NoManifest
-        );
+        assert_eq!(check(&scan(&no_manifest)).unwrap_err(), LayoutError::NoManifest);
         let empty = TarBuilder::default().file("manifest.json", b"[]").end();
-        assert_eq!(
-            check(&scan(&empty)).unwrap_err(),
-            LayoutError::EmptyManifest
-        );
-        let garbage = TarBuilder::default()
-            .file("manifest.json", b"{not json")
-            .end();
-        assert!(matches!(
-            check(&scan(&garbage)).unwrap_err(),
-            LayoutError::BadManifest(_)
-        ));
+        assert_eq!(check(&scan(&empty)).unwrap_err(), LayoutError::EmptyManifest);
+        let garbage = TarBuilder::default().file("manifest.json", b"{not json").end();
+        assert!(matches!(check(&scan(&garbage)).unwrap_err(), LayoutError::BadManifest(_)));
     }
 }

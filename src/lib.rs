@@ -2,10 +2,12 @@
 //! `docker load` their images instead of pulling them on every pod start.
 //!
 //! The pieces, from pure to effectful:
-//! - [`reference`], [`naming`], [`policy`], [`schedule`]: parsing, archive names, refresh and retry
+//! - [`reference`], [`naming`], [`images`], [`policy`], [`schedule`]: parsing, archive names, refresh and retry
 //!   decisions;
 //! - [`tar`], [`layout`]: streaming checks that an export is a complete image archive;
-//! - [`archive`]: the archive directory and atomic publication;
+//! - [`archive`], [`record`], [`lock`], [`space`]: the archive directory, atomic publication,
+//!   the record beside each archive, one writer per archive, the disk guard;
+//! - [`prune`], [`verify`]: removing unlisted archives, checking archives against records;
 //! - [`source`], [`docker`]: where images come from;
 //! - [`pass`], [`cycle`], [`app`]: one pass, the `run` loop, the commands.
 
@@ -18,14 +20,19 @@ pub mod docker;
 pub mod human;
 pub mod images;
 pub mod layout;
+pub mod lock;
 pub mod logging;
 pub mod naming;
 pub mod pass;
 pub mod policy;
+pub mod prune;
+pub mod record;
 pub mod reference;
 pub mod schedule;
 pub mod source;
+pub mod space;
 pub mod tar;
+pub mod verify;
 
 pub use app::{AppError, Exit, execute};
 pub use config::Config;

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use image_preloader::cli::Cli;
 use image_preloader::{Config, Exit, logging};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
@@ -38,7 +38,12 @@ fn run(config: Config) -> anyhow::Result<Exit> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(forward_signals(shutdown.clone()));
+        // Install the handlers before any work starts: a SIGTERM in the first milliseconds must
+        // be a clean stop too, not the default kill.
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(term), Ok(int)) => drop(tokio::spawn(forward_signals(term, int, shutdown.clone()))),
+            _ => warn!("cannot install signal handlers; SIGTERM will stop the process without cleanup"),
+        }
         Ok(match image_preloader::execute(config, shutdown).await {
             Ok(()) => Exit::Success,
             Err(e) => {
@@ -50,14 +55,7 @@ fn run(config: Config) -> anyhow::Result<Exit> {
 }
 
 /// The first SIGTERM or SIGINT asks for a clean stop; a second one exits at once.
-async fn forward_signals(shutdown: CancellationToken) {
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        warn!("cannot install signal handlers; SIGTERM will kill the process without cleanup");
-        return;
-    };
+async fn forward_signals(mut term: Signal, mut int: Signal, shutdown: CancellationToken) {
     let name = tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",

@@ -34,9 +34,7 @@ mod tests {
     use super::*;
 
     fn name(reference: &str) -> String {
-        archive_path(&Reference::parse(reference).unwrap())
-            .to_string_lossy()
-            .into_owned()
+        archive_path(&Reference::parse(reference).unwrap()).to_string_lossy().into_owned()
     }
 
     #[test]
@@ -52,30 +50,15 @@ mod tests {
                 "selenium/standalone-firefox_4.23.1-20240820.tar".to_owned(),
             ),
             ("nginx:1.21.0", "nginx_1.21.0.tar".to_owned()),
-            (
-                "docker.io/library/nginx:1.21.0",
-                "library/nginx_1.21.0.tar".to_owned(),
-            ),
-            (
-                "registry.local:5000/team/app:2.0",
-                "team/app_2.0.tar".to_owned(),
-            ),
+            ("docker.io/library/nginx:1.21.0", "library/nginx_1.21.0.tar".to_owned()),
+            ("registry.local:5000/team/app:2.0", "team/app_2.0.tar".to_owned()),
             ("registry.local:5000/app:2.0", "app_2.0.tar".to_owned()),
             ("localhost/app", "app_latest.tar".to_owned()),
             ("nginx", "nginx_latest.tar".to_owned()),
             ("a/b/c/d:1", "c/d_1.tar".to_owned()),
-            (
-                &format!("busybox:1.36@sha256:{hex}"),
-                "busybox_1.36.tar".to_owned(),
-            ),
-            (
-                &format!("busybox@sha256:{hex}"),
-                format!("busybox_sha256-{hex}.tar"),
-            ),
-            (
-                &format!("ghcr.io/org/tool@sha256:{hex}"),
-                format!("org/tool_sha256-{hex}.tar"),
-            ),
+            (&format!("busybox:1.36@sha256:{hex}"), "busybox_1.36.tar".to_owned()),
+            (&format!("busybox@sha256:{hex}"), format!("busybox_sha256-{hex}.tar")),
+            (&format!("ghcr.io/org/tool@sha256:{hex}"), format!("org/tool_sha256-{hex}.tar")),
         ];
         for (reference, expected) in table {
             assert_eq!(name(reference), expected, "for {reference}");
@@ -87,11 +70,7 @@ mod tests {
         for reference in ["a", "a/b", "r.io/a/b/c", "localhost:5000/x-y/z__w:v.1-2"] {
             let path = archive_path(&Reference::parse(reference).unwrap());
             assert!(path.is_relative());
-            assert!(
-                path.components()
-                    .all(|c| matches!(c, std::path::Component::Normal(_))),
-                "{path:?}"
-            );
+            assert!(path.components().all(|c| matches!(c, std::path::Component::Normal(_))), "{path:?}");
             assert!(path.components().count() <= 2);
         }
     }

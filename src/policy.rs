@@ -47,24 +47,89 @@ impl fmt::Display for MaxAge {
     }
 }
 
-/// The decision for one archive.
+/// How an archive that reached `--max-image-age` is refreshed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshPolicy {
+    /// Ask the registry for the reference's current digest; rebuild only if it changed.
+    Digest,
+    /// Pull and save again (the seed chart's behaviour).
+    Rebuild,
+}
+
+/// What is on disk for an archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArchiveState {
+    /// Modification time.
+    pub modified: SystemTime,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// What the archive's record says, as far as the decision needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordState {
+    /// No record (an archive made by another tool or an older version).
+    Missing,
+    /// A readable record.
+    Present {
+        /// The size it promises.
+        size: u64,
+        /// The registry digest the archive was built from, if known.
+        repo_digest: Option<String>,
+        /// Why `verify` found the archive damaged, if it did.
+        damaged: Option<String>,
+    },
+    /// A record that cannot be read or parsed.
+    Unreadable(String),
+}
+
+/// Everything the decision depends on.
+#[derive(Debug, Clone)]
+pub struct Inputs<'a> {
+    /// The archive, if it exists.
+    pub archive: Option<ArchiveState>,
+    /// Its record.
+    pub record: &'a RecordState,
+    /// Whether the reference pins a digest (its content can never change).
+    pub pinned: bool,
+    /// The current time.
+    pub now: SystemTime,
+    /// `--max-image-age`.
+    pub max_age: MaxAge,
+    /// `--refresh-policy`.
+    pub policy: RefreshPolicy,
+}
+
+/// The decision for one archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Build the archive (pull and save).
     Build(BuildReason),
+    /// Ask the registry whether `digest` is still what the reference points to: if so the archive
+    /// is current (only its time is refreshed), else rebuild.
+    Check {
+        /// The archive's age.
+        age: Duration,
+        /// The recorded digest.
+        digest: String,
+    },
     /// Leave the archive as it is.
     Keep(KeepReason),
 }
 
 /// Why an archive is built.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BuildReason {
     /// No archive exists yet.
     Missing,
-    /// The archive reached the maximum age.
+    /// The archive does not match its record.
+    Damaged(String),
+    /// The archive reached the maximum age (rebuild policy, or no digest to compare).
     Expired { age: Duration },
-    /// `--max-image-age 0`: every pass rebuilds.
+    /// `--max-image-age 0` with the rebuild policy, or no digest to compare.
     AlwaysRebuild,
+    /// The registry now serves different content for the reference.
+    Changed { recorded: String, current: String },
 }
 
 /// Why an archive is kept.
@@ -74,31 +139,57 @@ pub enum KeepReason {
     Fresh { age: Duration, remaining: Duration },
     /// A negative maximum age disables refresh.
     RefreshDisabled,
+    /// The reference pins a digest, so the recorded archive is current by construction.
+    Pinned,
 }
 
 impl Decision {
-    /// Decides from the archive's modification time (`None` when there is no archive).
+    /// Decides what to do with one archive.
     ///
-    /// A modification time in the future counts as age zero.
-    pub fn for_archive(mtime: Option<SystemTime>, now: SystemTime, max_age: MaxAge) -> Decision {
-        let Some(mtime) = mtime else {
+    /// A damaged archive (its size or a `verify` run disagrees with its record, or the record is
+    /// unreadable) is rebuilt whatever its age; a missing one is built; otherwise the age rules
+    /// apply, and at expiry the digest policy checks the registry when the record allows it.
+    pub fn decide(input: &Inputs<'_>) -> Decision {
+        let Some(archive) = input.archive else {
             return Decision::Build(BuildReason::Missing);
         };
-        let age = now.duration_since(mtime).unwrap_or(Duration::ZERO);
-        match max_age {
-            MaxAge::Never => Decision::Keep(KeepReason::RefreshDisabled),
-            MaxAge::Always => Decision::Build(BuildReason::AlwaysRebuild),
-            MaxAge::Days(_) => {
-                let limit = max_age.limit().unwrap_or(Duration::MAX);
-                if age >= limit {
-                    Decision::Build(BuildReason::Expired { age })
-                } else {
-                    Decision::Keep(KeepReason::Fresh {
-                        age,
-                        remaining: limit - age,
-                    })
-                }
+        match input.record {
+            RecordState::Unreadable(why) => {
+                return Decision::Build(BuildReason::Damaged(format!("its record is unreadable: {why}")));
             }
+            RecordState::Present { damaged: Some(why), .. } => {
+                return Decision::Build(BuildReason::Damaged(why.clone()));
+            }
+            RecordState::Present { size, .. } if *size != archive.size => {
+                return Decision::Build(BuildReason::Damaged(format!(
+                    "it has {} bytes, its record says {size}",
+                    archive.size
+                )));
+            }
+            _ => {}
+        }
+        let age = input.now.duration_since(archive.modified).unwrap_or(Duration::ZERO);
+        let expired = match input.max_age {
+            MaxAge::Never => return Decision::Keep(KeepReason::RefreshDisabled),
+            MaxAge::Always => BuildReason::AlwaysRebuild,
+            MaxAge::Days(_) => {
+                let limit = input.max_age.limit().unwrap_or(Duration::MAX);
+                if age < limit {
+                    return Decision::Keep(KeepReason::Fresh { age, remaining: limit - age });
+                }
+                BuildReason::Expired { age }
+            }
+        };
+        match (input.policy, input.record) {
+            (RefreshPolicy::Rebuild, _) => Decision::Build(expired),
+            (RefreshPolicy::Digest, RecordState::Present { .. }) if input.pinned => {
+                Decision::Keep(KeepReason::Pinned)
+            }
+            (RefreshPolicy::Digest, RecordState::Present { repo_digest: Some(digest), .. }) => {
+                Decision::Check { age, digest: digest.clone() }
+            }
+            // Nothing recorded to compare with: rebuild, which writes a record.
+            (RefreshPolicy::Digest, _) => Decision::Build(expired),
         }
     }
 }
@@ -107,8 +198,12 @@ impl fmt::Display for BuildReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BuildReason::Missing => f.write_str("no archive yet"),
+            BuildReason::Damaged(why) => write!(f, "the archive is damaged: {why}"),
             BuildReason::Expired { age } => write!(f, "archive is {} old", days(*age)),
             BuildReason::AlwaysRebuild => f.write_str("max image age 0 rebuilds every pass"),
+            BuildReason::Changed { recorded, current } => {
+                write!(f, "the registry now serves {current} (archive has {recorded})")
+            }
         }
     }
 }
@@ -117,14 +212,10 @@ impl fmt::Display for KeepReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             KeepReason::Fresh { age, remaining } => {
-                write!(
-                    f,
-                    "archive is {} old, refresh in {}",
-                    days(*age),
-                    days(*remaining)
-                )
+                write!(f, "archive is {} old, refresh in {}", days(*age), days(*remaining))
             }
             KeepReason::RefreshDisabled => f.write_str("archive exists and refresh is disabled"),
+            KeepReason::Pinned => f.write_str("the reference pins a digest, so the archive cannot be stale"),
         }
     }
 }
@@ -144,9 +235,30 @@ fn days(d: Duration) -> String {
 mod tests {
     use super::*;
 
-    fn at(now: SystemTime, age: Duration) -> Option<SystemTime> {
-        Some(now - age)
+    const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+    fn recorded(size: u64) -> RecordState {
+        RecordState::Present { size, repo_digest: Some(DIGEST.into()), damaged: None }
     }
+
+    fn decide(
+        age: Option<Duration>,
+        record: &RecordState,
+        max_age: MaxAge,
+        policy: RefreshPolicy,
+    ) -> Decision {
+        let now = SystemTime::now();
+        Decision::decide(&Inputs {
+            archive: age.map(|age| ArchiveState { modified: now - age, size: 100 }),
+            record,
+            pinned: false,
+            now,
+            max_age,
+            policy,
+        })
+    }
+
+    use RefreshPolicy::{Digest, Rebuild};
 
     #[test]
     fn max_age_from_days() {
@@ -159,80 +271,143 @@ mod tests {
 
     #[test]
     fn missing_is_always_built() {
-        let now = SystemTime::now();
         for max_age in [MaxAge::Always, MaxAge::Days(7), MaxAge::Never] {
-            assert_eq!(
-                Decision::for_archive(None, now, max_age),
-                Decision::Build(BuildReason::Missing)
-            );
+            for policy in [Digest, Rebuild] {
+                assert_eq!(
+                    decide(None, &RecordState::Missing, max_age, policy),
+                    Decision::Build(BuildReason::Missing)
+                );
+            }
         }
     }
 
     #[test]
     fn positive_age_rebuilds_at_or_after_the_limit() {
-        let now = SystemTime::now();
         let seven = MaxAge::Days(7);
         let just_under = DAY * 7 - Duration::from_secs(1);
         assert!(matches!(
-            Decision::for_archive(at(now, just_under), now, seven),
+            decide(Some(just_under), &RecordState::Missing, seven, Rebuild),
             Decision::Keep(KeepReason::Fresh { remaining, .. }) if remaining == Duration::from_secs(1)
         ));
         assert_eq!(
-            Decision::for_archive(at(now, DAY * 7), now, seven),
+            decide(Some(DAY * 7), &RecordState::Missing, seven, Rebuild),
             Decision::Build(BuildReason::Expired { age: DAY * 7 })
         );
         assert!(matches!(
-            Decision::for_archive(at(now, DAY * 30), now, seven),
+            decide(Some(DAY * 30), &recorded(100), seven, Rebuild),
             Decision::Build(BuildReason::Expired { .. })
         ));
     }
 
     #[test]
-    fn zero_rebuilds_every_pass() {
-        let now = SystemTime::now();
+    fn zero_rebuilds_every_pass_under_the_rebuild_policy() {
         assert_eq!(
-            Decision::for_archive(at(now, Duration::ZERO), now, MaxAge::Always),
+            decide(Some(Duration::ZERO), &recorded(100), MaxAge::Always, Rebuild),
             Decision::Build(BuildReason::AlwaysRebuild)
         );
     }
 
     #[test]
     fn negative_never_rebuilds_an_existing_archive() {
-        let now = SystemTime::now();
-        assert_eq!(
-            Decision::for_archive(at(now, DAY * 10_000), now, MaxAge::Never),
-            Decision::Keep(KeepReason::RefreshDisabled)
-        );
+        for policy in [Digest, Rebuild] {
+            assert_eq!(
+                decide(Some(DAY * 10_000), &recorded(100), MaxAge::Never, policy),
+                Decision::Keep(KeepReason::RefreshDisabled)
+            );
+        }
     }
 
     #[test]
     fn future_mtime_counts_as_new() {
         let now = SystemTime::now();
-        let future = Some(now + DAY);
+        let decision = Decision::decide(&Inputs {
+            archive: Some(ArchiveState { modified: now + DAY, size: 1 }),
+            record: &RecordState::Missing,
+            pinned: false,
+            now,
+            max_age: MaxAge::Days(1),
+            policy: Digest,
+        });
+        assert!(matches!(decision, Decision::Keep(KeepReason::Fresh { age: Duration::ZERO, .. })));
+    }
+
+    #[test]
+    fn digest_policy_checks_the_registry_at_expiry() {
+        assert_eq!(
+            decide(Some(DAY * 8), &recorded(100), MaxAge::Days(7), Digest),
+            Decision::Check { age: DAY * 8, digest: DIGEST.into() }
+        );
         assert!(matches!(
-            Decision::for_archive(future, now, MaxAge::Days(1)),
-            Decision::Keep(KeepReason::Fresh {
-                age: Duration::ZERO,
-                ..
-            })
+            decide(Some(Duration::ZERO), &recorded(100), MaxAge::Always, Digest),
+            Decision::Check { .. }
         ));
+        assert!(matches!(decide(Some(DAY), &recorded(100), MaxAge::Days(7), Digest), Decision::Keep(_)));
+    }
+
+    #[test]
+    fn digest_policy_rebuilds_what_it_cannot_compare() {
+        let no_digest = RecordState::Present { size: 100, repo_digest: None, damaged: None };
+        for record in [RecordState::Missing, no_digest] {
+            assert_eq!(
+                decide(Some(DAY * 8), &record, MaxAge::Days(7), Digest),
+                Decision::Build(BuildReason::Expired { age: DAY * 8 })
+            );
+        }
+    }
+
+    #[test]
+    fn pinned_references_are_never_stale() {
+        let now = SystemTime::now();
+        let record = recorded(100);
+        let input = Inputs {
+            archive: Some(ArchiveState { modified: now - DAY * 30, size: 100 }),
+            record: &record,
+            pinned: true,
+            now,
+            max_age: MaxAge::Days(7),
+            policy: Digest,
+        };
+        assert_eq!(Decision::decide(&input), Decision::Keep(KeepReason::Pinned));
+        let rebuild = Inputs { policy: Rebuild, ..input };
+        assert!(matches!(Decision::decide(&rebuild), Decision::Build(BuildReason::Expired { .. })));
+    }
+
+    #[test]
+    fn damaged_archives_are_rebuilt_whatever_their_age() {
+        let fresh = Some(Duration::from_secs(60));
+        for policy in [Digest, Rebuild] {
+            for max_age in [MaxAge::Days(7), MaxAge::Never] {
+                let wrong_size = decide(fresh, &recorded(99), max_age, policy);
+                assert_eq!(
+                    wrong_size,
+                    Decision::Build(BuildReason::Damaged("it has 100 bytes, its record says 99".into()))
+                );
+                let marked = RecordState::Present {
+                    size: 100,
+                    repo_digest: None,
+                    damaged: Some("sha256 mismatch".into()),
+                };
+                assert_eq!(
+                    decide(fresh, &marked, max_age, policy),
+                    Decision::Build(BuildReason::Damaged("sha256 mismatch".into()))
+                );
+                let unreadable = RecordState::Unreadable("bad json".into());
+                assert!(matches!(
+                    decide(fresh, &unreadable, max_age, policy),
+                    Decision::Build(BuildReason::Damaged(_))
+                ));
+            }
+        }
     }
 
     #[test]
     fn reasons_read_well() {
         assert_eq!(
-            BuildReason::Expired {
-                age: DAY * 8 + Duration::from_secs(7200)
-            }
-            .to_string(),
+            BuildReason::Expired { age: DAY * 8 + Duration::from_secs(7200) }.to_string(),
             "archive is 8d 2h old"
         );
         assert_eq!(
-            KeepReason::Fresh {
-                age: Duration::from_secs(60),
-                remaining: DAY * 7
-            }
-            .to_string(),
+            KeepReason::Fresh { age: Duration::from_secs(60), remaining: DAY * 7 }.to_string(),
             "archive is <1h old, refresh in 7d"
         );
     }

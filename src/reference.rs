@@ -40,28 +40,18 @@ pub struct ReferenceError {
 impl Digest {
     /// Parses `algorithm:hex` with a known algorithm and the exact hex length it implies.
     pub fn parse(s: &str) -> Result<Digest, String> {
-        let (algorithm, hex) = s
-            .split_once(':')
-            .ok_or_else(|| format!("digest {s:?} is not of the form algorithm:hex"))?;
+        let (algorithm, hex) =
+            s.split_once(':').ok_or_else(|| format!("digest {s:?} is not of the form algorithm:hex"))?;
         let (algorithm, len) = match algorithm {
             "sha256" => ("sha256", 64),
             "sha384" => ("sha384", 96),
             "sha512" => ("sha512", 128),
             other => return Err(format!("unsupported digest algorithm {other:?}")),
         };
-        if hex.len() != len
-            || !hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            return Err(format!(
-                "{algorithm} digest must be {len} lowercase hex characters"
-            ));
+        if hex.len() != len || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(format!("{algorithm} digest must be {len} lowercase hex characters"));
         }
-        Ok(Digest {
-            algorithm,
-            hex: hex.to_owned(),
-        })
+        Ok(Digest { algorithm, hex: hex.to_owned() })
     }
 
     /// The algorithm, e.g. `sha256`.
@@ -84,10 +74,7 @@ impl fmt::Display for Digest {
 impl Reference {
     /// Parses a reference, rejecting anything outside the Docker reference grammar.
     pub fn parse(input: &str) -> Result<Reference, ReferenceError> {
-        parse(input).map_err(|reason| ReferenceError {
-            input: input.to_owned(),
-            reason,
-        })
+        parse(input).map_err(|reason| ReferenceError { input: input.to_owned(), reason })
     }
 
     /// The registry domain (with port) when the reference names one.
@@ -209,9 +196,7 @@ fn parse(input: &str) -> Result<Reference, String> {
 
     // A tag follows the last ':' only if no '/' comes after it (a ':' before a '/' is a port).
     let (name, tag) = match name_and_tag.rfind(':') {
-        Some(i) if !name_and_tag[i + 1..].contains('/') => {
-            (&name_and_tag[..i], Some(&name_and_tag[i + 1..]))
-        }
+        Some(i) if !name_and_tag[i + 1..].contains('/') => (&name_and_tag[..i], Some(&name_and_tag[i + 1..])),
         _ => (name_and_tag, None),
     };
     if let Some(tag) = tag {
@@ -221,9 +206,7 @@ fn parse(input: &str) -> Result<Reference, String> {
         return Err("missing repository name".into());
     }
     if name.len() > NAME_TOTAL_LENGTH_MAX {
-        return Err(format!(
-            "repository name is longer than {NAME_TOTAL_LENGTH_MAX} characters"
-        ));
+        return Err(format!("repository name is longer than {NAME_TOTAL_LENGTH_MAX} characters"));
     }
 
     // Docker's rule: the first component is a registry domain if it contains '.' or ':', is
@@ -245,12 +228,7 @@ fn parse(input: &str) -> Result<Reference, String> {
         check_path_component(component)?;
     }
 
-    Ok(Reference {
-        domain,
-        path: components,
-        tag: tag.map(str::to_owned),
-        digest,
-    })
+    Ok(Reference { domain, path: components, tag: tag.map(str::to_owned), digest })
 }
 
 /// `[\w][\w.-]{0,127}`
@@ -260,21 +238,14 @@ fn check_tag(tag: &str) -> Result<(), String> {
     match bytes.first() {
         None => return Err("empty tag".into()),
         Some(&b) if !word(b) => {
-            return Err(format!(
-                "tag {tag:?} must start with a letter, digit or underscore"
-            ));
+            return Err(format!("tag {tag:?} must start with a letter, digit or underscore"));
         }
         _ => {}
     }
     if bytes.len() > TAG_LENGTH_MAX {
-        return Err(format!(
-            "tag {tag:?} is longer than {TAG_LENGTH_MAX} characters"
-        ));
+        return Err(format!("tag {tag:?} is longer than {TAG_LENGTH_MAX} characters"));
     }
-    if let Some(c) = tag
-        .chars()
-        .find(|&c| !(c.is_ascii_alphanumeric() || "_.-".contains(c)))
-    {
+    if let Some(c) = tag.chars().find(|&c| !(c.is_ascii_alphanumeric() || "_.-".contains(c))) {
         return Err(format!("tag {tag:?} contains the character {c:?}"));
     }
     Ok(())
@@ -286,9 +257,7 @@ fn check_path_component(component: &str) -> Result<(), String> {
         return Err("empty path component (double or trailing '/')".into());
     }
     if let Some(c) = component.chars().find(|c| c.is_ascii_uppercase()) {
-        return Err(format!(
-            "repository name must be lowercase (found {c:?} in {component:?})"
-        ));
+        return Err(format!("repository name must be lowercase (found {c:?} in {component:?})"));
     }
     let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     let bytes = component.as_bytes();
@@ -310,9 +279,7 @@ fn check_path_component(component: &str) -> Result<(), String> {
         let separator = &component[start..i];
         let valid = matches!(separator, "." | "_" | "__") || separator.bytes().all(|b| b == b'-');
         if !valid {
-            return Err(format!(
-                "path component {component:?} has the invalid separator {separator:?}"
-            ));
+            return Err(format!("path component {component:?} has the invalid separator {separator:?}"));
         }
     }
     Ok(())
@@ -376,50 +343,24 @@ mod tests {
     #[test]
     fn splits_domain_path_tag_digest() {
         assert_eq!(parts("nginx"), (None, "nginx".into(), None, None));
-        assert_eq!(
-            parts("nginx:1.21.0"),
-            (None, "nginx".into(), Some("1.21.0".into()), None)
-        );
+        assert_eq!(parts("nginx:1.21.0"), (None, "nginx".into(), Some("1.21.0".into()), None));
         assert_eq!(
             parts("registry.local:5000/team/app:2.0"),
-            (
-                Some("registry.local:5000".into()),
-                "team/app".into(),
-                Some("2.0".into()),
-                None
-            )
+            (Some("registry.local:5000".into()), "team/app".into(), Some("2.0".into()), None)
         );
         assert_eq!(
             parts("registry.local:5000/team/app"),
-            (
-                Some("registry.local:5000".into()),
-                "team/app".into(),
-                None,
-                None
-            )
+            (Some("registry.local:5000".into()), "team/app".into(), None, None)
         );
         assert_eq!(
             parts("localhost/app:1"),
-            (
-                Some("localhost".into()),
-                "app".into(),
-                Some("1".into()),
-                None
-            )
+            (Some("localhost".into()), "app".into(), Some("1".into()), None)
         );
-        assert_eq!(
-            parts("[::1]:5000/app"),
-            (Some("[::1]:5000".into()), "app".into(), None, None)
-        );
+        assert_eq!(parts("[::1]:5000/app"), (Some("[::1]:5000".into()), "app".into(), None, None));
         let with_digest = format!("busybox:1.36@sha256:{HEX}");
         assert_eq!(
             parts(&with_digest),
-            (
-                None,
-                "busybox".into(),
-                Some("1.36".into()),
-                Some(format!("sha256:{HEX}"))
-            )
+            (None, "busybox".into(), Some("1.36".into()), Some(format!("sha256:{HEX}")))
         );
         assert_eq!(
             parts("a/b/c/d_e.f__g-h---i:x"),
@@ -429,11 +370,7 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        for s in [
-            "nginx",
-            "nginx:1",
-            "harbor.example.com/hub/selenium/standalone-firefox:4.23",
-        ] {
+        for s in ["nginx", "nginx:1", "harbor.example.com/hub/selenium/standalone-firefox:4.23"] {
             assert_eq!(Reference::parse(s).unwrap().to_string(), s);
         }
         let digested = format!("127.0.0.1:5000/a/b:t@sha256:{HEX}");
@@ -453,10 +390,7 @@ mod tests {
     #[test]
     fn pull_and_export_names() {
         let r = Reference::parse("nginx").unwrap();
-        assert_eq!(
-            (r.pull_tag(), r.export_name()),
-            ("latest".into(), "nginx:latest".into())
-        );
+        assert_eq!((r.pull_tag(), r.export_name()), ("latest".into(), "nginx:latest".into()));
         let r = Reference::parse(&format!("reg:5000/app:1.0@sha256:{HEX}")).unwrap();
         assert_eq!(r.pull_tag(), format!("sha256:{HEX}"));
         assert_eq!(r.export_name(), "reg:5000/app:1.0");

@@ -34,14 +34,7 @@ pub struct Schedule<K> {
 impl<K: Clone + PartialEq> Schedule<K> {
     /// Every key due at `now`.
     pub fn new(keys: impl IntoIterator<Item = K>, interval: Duration, now: Instant) -> Self {
-        let slots = keys
-            .into_iter()
-            .map(|key| Slot {
-                key,
-                due: now,
-                failures: 0,
-            })
-            .collect();
+        let slots = keys.into_iter().map(|key| Slot { key, due: now, failures: 0 }).collect();
         Schedule { interval, slots }
     }
 
@@ -52,22 +45,14 @@ impl<K: Clone + PartialEq> Schedule<K> {
         self.slots = keys
             .into_iter()
             .map(|key| {
-                old.iter().find(|s| s.key == key).cloned().unwrap_or(Slot {
-                    key,
-                    due: now,
-                    failures: 0,
-                })
+                old.iter().find(|s| s.key == key).cloned().unwrap_or(Slot { key, due: now, failures: 0 })
             })
             .collect();
     }
 
     /// The keys due at `now`, in list order.
     pub fn due(&self, now: Instant) -> Vec<K> {
-        self.slots
-            .iter()
-            .filter(|s| s.due <= now)
-            .map(|s| s.key.clone())
-            .collect()
+        self.slots.iter().filter(|s| s.due <= now).map(|s| s.key.clone()).collect()
     }
 
     /// The earliest due time, if any key is scheduled.
@@ -99,10 +84,7 @@ impl<K: Clone + PartialEq> Schedule<K> {
 
     /// Consecutive failures recorded for `key`.
     pub fn failures(&self, key: &K) -> u32 {
-        self.slots
-            .iter()
-            .find(|s| &s.key == key)
-            .map_or(0, |s| s.failures)
+        self.slots.iter().find(|s| &s.key == key).map_or(0, |s| s.failures)
     }
 }
 

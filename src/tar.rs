@@ -90,9 +90,7 @@ impl TarListing {
 
     /// The captured content of a small file, if it was captured.
     pub fn captured(&self, path: &str) -> Option<&[u8]> {
-        self.captured
-            .get(normalize(path).as_str())
-            .map(Vec::as_slice)
+        self.captured.get(normalize(path).as_str()).map(Vec::as_slice)
     }
 
     /// Total archive size in bytes.
@@ -130,11 +128,7 @@ enum State {
     /// Collecting the next 512-byte header.
     Header,
     /// Inside an entry's content.
-    Content {
-        remaining: u64,
-        padding: u64,
-        sink: Sink,
-    },
+    Content { remaining: u64, padding: u64, sink: Sink },
     /// Skipping the padding after content.
     Padding { remaining: u64 },
     /// After the end-of-archive marker: only zeros may follow.
@@ -208,14 +202,8 @@ impl TarScanner {
                     }
                     n
                 }
-                State::Content {
-                    remaining,
-                    padding,
-                    sink,
-                } => {
-                    let n = usize::try_from(*remaining)
-                        .unwrap_or(usize::MAX)
-                        .min(data.len());
+                State::Content { remaining, padding, sink } => {
+                    let n = usize::try_from(*remaining).unwrap_or(usize::MAX).min(data.len());
                     match sink {
                         Sink::Discard => {}
                         Sink::Capture { data: buf, .. } | Sink::Meta { data: buf, .. } => {
@@ -225,8 +213,7 @@ impl TarScanner {
                     *remaining -= n as u64;
                     if *remaining == 0 {
                         let padding = *padding;
-                        let State::Content { sink, .. } =
-                            std::mem::replace(&mut self.state, State::Header)
+                        let State::Content { sink, .. } = std::mem::replace(&mut self.state, State::Header)
                         else {
                             unreachable!()
                         };
@@ -238,9 +225,7 @@ impl TarScanner {
                     n
                 }
                 State::Padding { remaining } => {
-                    let n = usize::try_from(*remaining)
-                        .unwrap_or(usize::MAX)
-                        .min(data.len());
+                    let n = usize::try_from(*remaining).unwrap_or(usize::MAX).min(data.len());
                     *remaining -= n as u64;
                     if *remaining == 0 {
                         self.state = State::Header;
@@ -299,47 +284,25 @@ impl TarScanner {
             return Err(self.fail(TarProblem::LoneZeroBlock));
         }
         let recorded = parse_number(&h[148..156]).ok_or(self.fail(TarProblem::Number("chksum")))?;
-        let unsigned: u64 = h
-            .iter()
-            .enumerate()
-            .map(|(i, &b)| {
-                if (148..156).contains(&i) {
-                    32
-                } else {
-                    u64::from(b)
-                }
-            })
-            .sum();
+        let unsigned: u64 =
+            h.iter().enumerate().map(|(i, &b)| if (148..156).contains(&i) { 32 } else { u64::from(b) }).sum();
         let signed: i64 = h
             .iter()
             .enumerate()
-            .map(|(i, &b)| {
-                if (148..156).contains(&i) {
-                    32
-                } else {
-                    i64::from(b as i8)
-                }
-            })
+            .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { i64::from(b as i8) })
             .sum();
         if recorded != unsigned && i64::try_from(recorded).ok() != Some(signed) {
             return Err(self.fail(TarProblem::Checksum));
         }
 
         let kind = h[156];
-        let header_size =
-            parse_number(&h[124..136]).ok_or(self.fail(TarProblem::Number("size")))?;
+        let header_size = parse_number(&h[124..136]).ok_or(self.fail(TarProblem::Number("size")))?;
         match kind {
             b'x' | b'L' | b'K' => {
                 if header_size > META_MAX {
                     return Err(self.fail(TarProblem::MetaTooLarge(header_size)));
                 }
-                self.begin_content(
-                    header_size,
-                    Sink::Meta {
-                        kind,
-                        data: Vec::new(),
-                    },
-                );
+                self.begin_content(header_size, Sink::Meta { kind, data: Vec::new() });
                 return Ok(());
             }
             b'g' => {
@@ -367,10 +330,7 @@ impl TarScanner {
                     && self.captured_total.saturating_add(size as usize) <= CAPTURE_TOTAL_MAX =>
             {
                 self.captured_total += size as usize;
-                Sink::Capture {
-                    path: path.clone(),
-                    data: Vec::with_capacity(size as usize),
-                }
+                Sink::Capture { path: path.clone(), data: Vec::with_capacity(size as usize) }
             }
             _ => Sink::Discard,
         };
@@ -396,11 +356,7 @@ impl TarScanner {
             return;
         }
         let padding = (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64;
-        self.state = State::Content {
-            remaining: size,
-            padding,
-            sink,
-        };
+        self.state = State::Content { remaining: size, padding, sink };
     }
 
     fn on_content_end(&mut self, sink: Sink) -> Result<(), TarError> {
@@ -435,10 +391,7 @@ fn header_path(h: &[u8; BLOCK]) -> String {
 /// Parses PAX records (`"<len> <key>=<value>\n"`) into `pending`.
 fn parse_pax(mut data: &[u8], pending: &mut Pending) -> Result<(), String> {
     while !data.is_empty() {
-        let space = data
-            .iter()
-            .position(|&b| b == b' ')
-            .ok_or("record without length")?;
+        let space = data.iter().position(|&b| b == b' ').ok_or("record without length")?;
         let len: usize = std::str::from_utf8(&data[..space])
             .ok()
             .and_then(|s| s.parse().ok())
@@ -447,18 +400,13 @@ fn parse_pax(mut data: &[u8], pending: &mut Pending) -> Result<(), String> {
             return Err("record length does not match its content".into());
         }
         let record = &data[space + 1..len - 1];
-        let eq = record
-            .iter()
-            .position(|&b| b == b'=')
-            .ok_or("record without '='")?;
+        let eq = record.iter().position(|&b| b == b'=').ok_or("record without '='")?;
         let key = &record[..eq];
         let value = String::from_utf8_lossy(&record[eq + 1..]).into_owned();
         match key {
             b"path" => pending.path = Some(value),
             b"linkpath" => pending.linkpath = Some(value),
-            b"size" => {
-                pending.size = Some(value.parse().map_err(|_| format!("bad size {value:?}"))?)
-            }
+            b"size" => pending.size = Some(value.parse().map_err(|_| format!("bad size {value:?}"))?),
             _ => {}
         }
         data = &data[len..];
@@ -486,10 +434,7 @@ fn parse_number(field: &[u8]) -> Option<u64> {
     }
     let text: &[u8] = {
         let start = field.iter().position(|&b| b != b' ').unwrap_or(field.len());
-        let end = field[start..]
-            .iter()
-            .position(|&b| b == 0 || b == b' ')
-            .map_or(field.len(), |e| start + e);
+        let end = field[start..].iter().position(|&b| b == 0 || b == b' ').map_or(field.len(), |e| start + e);
         &field[start..end]
     };
     if text.is_empty() {
@@ -615,14 +560,8 @@ pub(crate) mod tests {
             assert_eq!(listing.size(), bytes.len() as u64);
             assert_eq!(listing.len(), 5);
             assert_eq!(listing.entry("abc"), Some(&EntryKind::Directory));
-            assert_eq!(
-                listing.entry("./abc/layer.tar"),
-                Some(&EntryKind::File { size: 1500 })
-            );
-            assert_eq!(
-                listing.captured("manifest.json"),
-                Some(&br#"[{"Config":"x.json"}]"#[..])
-            );
+            assert_eq!(listing.entry("./abc/layer.tar"), Some(&EntryKind::File { size: 1500 }));
+            assert_eq!(listing.captured("manifest.json"), Some(&br#"[{"Config":"x.json"}]"#[..]));
             assert_eq!(listing.captured("empty.json"), Some(&b""[..]));
             assert_eq!(listing.captured("abc/layer.tar"), None);
             assert_eq!(listing.resolve_file("def/layer.tar"), Some(1500));
@@ -632,15 +571,9 @@ pub(crate) mod tests {
     #[test]
     fn every_truncation_is_refused() {
         let bytes = sample();
-        for cut in (0..bytes.len())
-            .step_by(97)
-            .chain([bytes.len() - 1, bytes.len() - 512])
-        {
+        for cut in (0..bytes.len()).step_by(97).chain([bytes.len() - 1, bytes.len() - 512]) {
             let err = scan_in_chunks(&bytes[..cut], 64).unwrap_err();
-            assert!(
-                matches!(err.problem, TarProblem::Truncated(_)),
-                "cut at {cut}: {err}"
-            );
+            assert!(matches!(err.problem, TarProblem::Truncated(_)), "cut at {cut}: {err}");
         }
     }
 
@@ -649,13 +582,7 @@ pub(crate) mod tests {
         let mut bytes = sample();
         bytes[10] ^= 0x20; // a byte of the first name
         let err = scan_in_chunks(&bytes, 512).unwrap_err();
-        assert_eq!(
-            err,
-            TarError {
-                offset: 0,
-                problem: TarProblem::Checksum
-            }
-        );
+        assert_eq!(err, TarError { offset: 0, problem: TarProblem::Checksum });
     }
 
     #[test]
@@ -674,10 +601,7 @@ pub(crate) mod tests {
         b.file("a", b"x");
         b.bytes.extend_from_slice(&[0; BLOCK]);
         let bytes = b.file("b", b"y").end();
-        assert_eq!(
-            scan_in_chunks(&bytes, 512).unwrap_err().problem,
-            TarProblem::LoneZeroBlock
-        );
+        assert_eq!(scan_in_chunks(&bytes, 512).unwrap_err().problem, TarProblem::LoneZeroBlock);
     }
 
     #[test]
@@ -687,14 +611,12 @@ pub(crate) mod tests {
         let pax = format!("{} {record}", record.len() + 4); // 3-digit length + space
         assert_eq!(pax.len(), record.len() + 4);
         let mut b = TarBuilder::default();
-        b.header("PaxHeaders/x", b'x', pax.len() as u64, "")
-            .content(pax.as_bytes());
+        b.header("PaxHeaders/x", b'x', pax.len() as u64, "").content(pax.as_bytes());
         b.file("truncated-name", b"hello");
         let gnu_name = format!("{}.json", "b".repeat(120));
         let mut gnu = gnu_name.clone().into_bytes();
         gnu.push(0);
-        b.header("././@LongLink", b'L', gnu.len() as u64, "")
-            .content(&gnu);
+        b.header("././@LongLink", b'L', gnu.len() as u64, "").content(&gnu);
         b.file("short", b"{}");
         let listing = scan_in_chunks(&b.end(), 100).unwrap();
         assert_eq!(listing.entry(&long), Some(&EntryKind::File { size: 5 }));
@@ -707,10 +629,7 @@ pub(crate) mod tests {
         assert_eq!(parse_number(b"00000001750\0"), Some(1000));
         assert_eq!(parse_number(b"     1750 \0"), Some(1000));
         assert_eq!(parse_number(b"\0\0\0\0"), Some(0));
-        assert_eq!(
-            parse_number(&[0x80, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0]),
-            Some(2 << 32)
-        );
+        assert_eq!(parse_number(&[0x80, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0]), Some(2 << 32));
         assert_eq!(parse_number(b"0009"), None);
         assert_eq!(parse_number(&[0xff; 12]), None);
     }

@@ -2,8 +2,10 @@
 //! 127.0.0.1 (scripts/test.sh starts both). Every test uses its own images and directories.
 
 mod cli;
+mod digest;
 mod interrupt;
 mod refresh;
 mod sidecar;
+mod storage;
 mod support;
 mod warm;

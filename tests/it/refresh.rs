@@ -24,13 +24,7 @@ fn case(dir: &Path, label: &str, age: Option<Duration>) -> Case {
 }
 
 fn warm(dir: &Path, max_age: &str, cases: &[&Case]) {
-    let mut args = vec![
-        "warm",
-        "--dir",
-        dir.to_str().unwrap(),
-        "--max-image-age",
-        max_age,
-    ];
+    let mut args = vec!["warm", "--dir", dir.to_str().unwrap(), "--max-image-age", max_age];
     args.extend(cases.iter().map(|c| c.image.reference.as_str()));
     run(preloader(&args), TIMEOUT).assert_code(0);
 }
@@ -42,12 +36,7 @@ fn rebuilt(case: &Case) -> bool {
     }
     case.image.assert_loads_and_runs(&case.archive);
     let age = SystemTime::now()
-        .duration_since(
-            std::fs::metadata(&case.archive)
-                .unwrap()
-                .modified()
-                .unwrap(),
-        )
+        .duration_since(std::fs::metadata(&case.archive).unwrap().modified().unwrap())
         .unwrap();
     assert!(age < Duration::from_secs(120), "a rebuilt archive is new");
     true
@@ -58,20 +47,13 @@ fn positive_age_rebuilds_only_archives_at_least_that_old() {
     let dir = tempfile::tempdir().unwrap();
     let missing = case(dir.path(), "age-missing", None);
     let expired = case(dir.path(), "age-expired", Some(DAY * 8));
-    let exactly = case(
-        dir.path(),
-        "age-exact",
-        Some(DAY * 7 + Duration::from_secs(5)),
-    );
+    let exactly = case(dir.path(), "age-exact", Some(DAY * 7 + Duration::from_secs(5)));
     let fresh = case(dir.path(), "age-fresh", Some(DAY * 6));
     warm(dir.path(), "7", &[&missing, &expired, &exactly, &fresh]);
     assert!(rebuilt(&missing));
     assert!(rebuilt(&expired));
     assert!(rebuilt(&exactly));
-    assert!(
-        !rebuilt(&fresh),
-        "a 6-day-old archive is kept under a 7-day limit"
-    );
+    assert!(!rebuilt(&fresh), "a 6-day-old archive is kept under a 7-day limit");
 }
 
 #[test]

@@ -18,14 +18,11 @@ const START_HINT: &str = "run scripts/test.sh, which installs and starts dockerd
 pub fn registry() -> &'static str {
     static REGISTRY: OnceLock<Result<String, String>> = OnceLock::new();
     let result = REGISTRY.get_or_init(|| {
-        let addr = std::env::var("IMAGE_PRELOADER_TEST_REGISTRY")
-            .unwrap_or_else(|_| "127.0.0.1:5000".into());
+        let addr = std::env::var("IMAGE_PRELOADER_TEST_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5000".into());
         let answer = http_get(&addr, "/v2/");
         match answer {
             Ok(status) if status.starts_with("HTTP/1.1 200") => Ok(addr),
-            Ok(status) => Err(format!(
-                "the registry at {addr} answered {status:?}; {START_HINT}"
-            )),
+            Ok(status) => Err(format!("the registry at {addr} answered {status:?}; {START_HINT}")),
             Err(e) => Err(format!("no registry answers at {addr} ({e}); {START_HINT}")),
         }
     });
@@ -42,10 +39,7 @@ fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
     use std::io::Write;
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
     let mut line = String::new();
     BufReader::new(stream).read_line(&mut line)?;
     Ok(line.trim_end().to_owned())
@@ -55,9 +49,7 @@ fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
 pub fn ensure_docker() {
     static DOCKER: OnceLock<Result<(), String>> = OnceLock::new();
     let result = DOCKER.get_or_init(|| {
-        let out = Command::new("docker")
-            .args(["version", "--format", "{{.Server.APIVersion}}"])
-            .output();
+        let out = Command::new("docker").args(["version", "--format", "{{.Server.APIVersion}}"]).output();
         match out {
             Ok(out) if out.status.success() => Ok(()),
             Ok(out) => Err(format!(
@@ -74,11 +66,7 @@ pub fn ensure_docker() {
 
 /// Runs the docker CLI and returns stdout; panics with stderr on failure.
 pub fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .env("DOCKER_BUILDKIT", "0")
-        .output()
-        .expect("run docker");
+    let out = Command::new("docker").args(args).env("DOCKER_BUILDKIT", "0").output().expect("run docker");
     assert!(
         out.status.success(),
         "docker {} failed: {}",
@@ -90,25 +78,14 @@ pub fn docker(args: &[&str]) -> String {
 
 /// Runs the docker CLI, ignoring failures (cleanup).
 pub fn docker_quiet(args: &[&str]) {
-    let _ = Command::new("docker")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    let _ = Command::new("docker").args(args).stdout(Stdio::null()).stderr(Stdio::null()).status();
 }
 
 /// A name no other test (or test run) uses.
 pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "{prefix}-{}-{}-{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{prefix}-{}-{}-{nanos}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 /// An image built `FROM scratch` with a static busybox and a unique marker file, pushed to the
@@ -135,16 +112,20 @@ impl TestImage {
 
     /// An image with an extra `/data` file of `data_bytes` (compressible, so pushes are quick).
     pub fn push_with_data(path: &str, tag: &str, data_bytes: usize) -> TestImage {
-        let repository = format!("{}/{path}", registry());
+        TestImage::push_to(registry(), path, tag, data_bytes)
+    }
+
+    /// Like [`TestImage::push_with_data`], to the registry at `registry`.
+    pub fn push_to(registry: &str, path: &str, tag: &str, data_bytes: usize) -> TestImage {
+        ensure_docker();
+        let repository = format!("{registry}/{path}");
         let reference = format!("{repository}:{tag}");
         let context = tempfile::tempdir().unwrap();
         let marker = unique("marker");
-        std::fs::copy("/bin/busybox", context.path().join("busybox")).expect(
-            "a static busybox at /bin/busybox (Debian busybox-static; scripts/test.sh installs it)",
-        );
+        std::fs::copy("/bin/busybox", context.path().join("busybox"))
+            .expect("a static busybox at /bin/busybox (Debian busybox-static; scripts/test.sh installs it)");
         std::fs::write(context.path().join("marker"), &marker).unwrap();
-        let mut dockerfile =
-            String::from("FROM scratch\nCOPY busybox /bin/busybox\nCOPY marker /marker\n");
+        let mut dockerfile = String::from("FROM scratch\nCOPY busybox /bin/busybox\nCOPY marker /marker\n");
         if data_bytes > 0 {
             let line = format!("{marker} filler line for a large layer\n");
             let data: Vec<u8> = line.bytes().cycle().take(data_bytes).collect();
@@ -154,34 +135,12 @@ impl TestImage {
         dockerfile.push_str("CMD [\"/bin/busybox\", \"cat\", \"/marker\"]\n");
         std::fs::write(context.path().join("Dockerfile"), dockerfile).unwrap();
 
-        docker(&[
-            "build",
-            "-q",
-            "-t",
-            &reference,
-            context.path().to_str().unwrap(),
-        ]);
+        docker(&["build", "-q", "-t", &reference, context.path().to_str().unwrap()]);
         let id = docker(&["image", "inspect", "--format", "{{.Id}}", &reference]);
         docker(&["push", "-q", &reference]);
-        let repo_digest = docker(&[
-            "image",
-            "inspect",
-            "--format",
-            "{{index .RepoDigests 0}}",
-            &reference,
-        ]);
-        let digest = repo_digest
-            .split_once('@')
-            .expect("a repo digest after push")
-            .1
-            .to_owned();
-        let image = TestImage {
-            reference,
-            repository,
-            id,
-            digest,
-            marker,
-        };
+        let repo_digest = docker(&["image", "inspect", "--format", "{{index .RepoDigests 0}}", &reference]);
+        let digest = repo_digest.split_once('@').expect("a repo digest after push").1.to_owned();
+        let image = TestImage { reference, repository, id, digest, marker };
         image.remove_local();
         image
     }
@@ -211,17 +170,9 @@ impl TestImage {
     pub fn assert_loads_and_runs(&self, archive: &Path) {
         self.remove_local();
         let loaded = docker(&["load", "-q", "-i", archive.to_str().unwrap()]);
-        assert!(
-            self.is_local(),
-            "loading {} did not restore image {}: {loaded}",
-            archive.display(),
-            self.id
-        );
+        assert!(self.is_local(), "loading {} did not restore image {}: {loaded}", archive.display(), self.id);
         let out = docker(&["run", "--rm", "--network", "none", &self.id]);
-        assert_eq!(
-            out, self.marker,
-            "the loaded image runs and holds its own marker"
-        );
+        assert_eq!(out, self.marker, "the loaded image runs and holds its own marker");
     }
 }
 
@@ -254,19 +205,12 @@ pub struct Finished {
 
 impl Finished {
     pub fn code(&self) -> i32 {
-        self.status
-            .code()
-            .unwrap_or_else(|| panic!("killed by a signal: {self:?}"))
+        self.status.code().unwrap_or_else(|| panic!("killed by a signal: {self:?}"))
     }
 
     /// Asserts the exit code, showing the logs otherwise.
     pub fn assert_code(&self, expected: i32) -> &Self {
-        assert_eq!(
-            self.status.code(),
-            Some(expected),
-            "exit status; stderr:\n{}",
-            self.stderr
-        );
+        assert_eq!(self.status.code(), Some(expected), "exit status; stderr:\n{}", self.stderr);
         self
     }
 
@@ -279,30 +223,18 @@ impl Finished {
 pub fn parse_events(text: &str) -> Vec<serde_json::Value> {
     text.lines()
         .filter(|l| l.starts_with('{'))
-        .map(|l| {
-            serde_json::from_str(l).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}"))
-        })
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}")))
         .collect()
 }
 
 /// Runs the command to completion, failing the test if it takes longer than `timeout`.
 pub fn run(mut cmd: Command, timeout: Duration) -> Finished {
     let start = Instant::now();
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut running = Running::new(child);
     let status = running.wait_for_exit(timeout);
     let (stdout, stderr) = running.collect();
-    Finished {
-        status,
-        stdout,
-        stderr,
-        elapsed: start.elapsed(),
-    }
+    Finished { status, stdout, stderr, elapsed: start.elapsed() }
 }
 
 /// A running binary whose stderr lines are collected as they come.
@@ -315,12 +247,7 @@ pub struct Running {
 
 impl Running {
     pub fn spawn(mut cmd: Command) -> Running {
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         Running::new(child)
     }
 
@@ -341,12 +268,7 @@ impl Running {
             let _ = stdout.read_to_string(&mut s);
             s
         });
-        Running {
-            child,
-            lines,
-            seen: Mutex::new(Vec::new()),
-            stdout: Some(stdout),
-        }
+        Running { child, lines, seen: Mutex::new(Vec::new()), stdout: Some(stdout) }
     }
 
     pub fn pid(&self) -> i32 {
@@ -408,11 +330,7 @@ impl Running {
         while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
             seen.push(line);
         }
-        let stdout = self
-            .stdout
-            .take()
-            .map(|h| h.join().unwrap())
-            .unwrap_or_default();
+        let stdout = self.stdout.take().map(|h| h.join().unwrap()).unwrap_or_default();
         (stdout, seen.join("\n"))
     }
 }
@@ -434,12 +352,7 @@ pub fn files(dir: &Path) -> BTreeMap<String, u64> {
         .filter_map(Result::ok)
         .filter(|e| e.file_type().is_file())
         .map(|e| {
-            let rel = e
-                .path()
-                .strip_prefix(dir)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
+            let rel = e.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned();
             (rel, e.metadata().unwrap().len())
         })
         .collect()
@@ -447,20 +360,12 @@ pub fn files(dir: &Path) -> BTreeMap<String, u64> {
 
 /// The temporary files the tool leaves while writing, anywhere under `dir`.
 pub fn temporaries(dir: &Path) -> Vec<String> {
-    files(dir)
-        .into_keys()
-        .filter(|p| p.ends_with(".image-preloader-partial"))
-        .collect()
+    files(dir).into_keys().filter(|p| p.ends_with(".image-preloader-partial")).collect()
 }
 
 /// Polls until a temporary file under `dir` holds at least `min_bytes`; returns its path.
 /// Panics if `running` exits first or `timeout` passes.
-pub fn wait_for_partial(
-    dir: &Path,
-    running: &mut Running,
-    min_bytes: u64,
-    timeout: Duration,
-) -> PathBuf {
+pub fn wait_for_partial(dir: &Path, running: &mut Running, min_bytes: u64, timeout: Duration) -> PathBuf {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some((path, _)) = files(dir)
@@ -471,14 +376,9 @@ pub fn wait_for_partial(
         }
         if running.has_exited() {
             let (_, stderr) = running.collect();
-            panic!(
-                "the process ended before a partial archive of {min_bytes} bytes appeared:\n{stderr}"
-            );
+            panic!("the process ended before a partial archive of {min_bytes} bytes appeared:\n{stderr}");
         }
-        assert!(
-            Instant::now() < deadline,
-            "no partial archive of {min_bytes} bytes within {timeout:?}"
-        );
+        assert!(Instant::now() < deadline, "no partial archive of {min_bytes} bytes within {timeout:?}");
         std::thread::sleep(Duration::from_millis(1));
     }
 }
@@ -487,8 +387,113 @@ pub fn wait_for_partial(
 pub fn write_aged(path: &Path, content: &[u8], age: Duration) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, content).unwrap();
+    age_file(path, age);
+}
+
+pub const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// Sets a file's modification time `age` in the past.
+pub fn age_file(path: &Path, age: Duration) {
     let mtime = filetime::FileTime::from_system_time(SystemTime::now() - age);
     filetime::set_file_mtime(path, mtime).unwrap();
 }
 
-pub const DAY: Duration = Duration::from_secs(24 * 3600);
+/// The record next to an archive, as JSON.
+pub fn read_record(archive: &Path) -> serde_json::Value {
+    let mut path = archive.as_os_str().to_owned();
+    path.push(".json");
+    let text =
+        std::fs::read(&path).unwrap_or_else(|e| panic!("no record at {}: {e}", Path::new(&path).display()));
+    serde_json::from_slice(&text).unwrap()
+}
+
+/// Rewrites one field of an archive's record.
+pub fn edit_record(archive: &Path, field: &str, value: serde_json::Value) {
+    let mut record = read_record(archive);
+    record[field] = value;
+    let mut path = archive.as_os_str().to_owned();
+    path.push(".json");
+    std::fs::write(path, serde_json::to_vec_pretty(&record).unwrap()).unwrap();
+}
+
+/// A registry of the test's own on a free loopback port, so the test can stop it.
+pub struct PrivateRegistry {
+    pub addr: String,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateRegistry {
+    pub fn start() -> PrivateRegistry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .args(["serve", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start docker-registry ({e}); {START_HINT}"));
+        let registry = PrivateRegistry { addr, child: Some(child), _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http_get(&registry.addr, "/v2/").is_err() {
+            assert!(Instant::now() < deadline, "the private registry did not start on {}", registry.addr);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        registry
+    }
+
+    /// Stops the registry: nothing answers at its address any more.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRegistry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A small tmpfs mounted on a temporary directory (needs root), unmounted on drop.
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", dir.path().to_str().unwrap()])
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "cannot mount a tmpfs for a small file system (this test needs root, as scripts/test.sh runs): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}

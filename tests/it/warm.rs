@@ -2,9 +2,7 @@
 
 use std::time::Duration;
 
-use crate::support::{
-    DAY, TestImage, files, preloader, registry, run, temporaries, unique, write_aged,
-};
+use crate::support::{DAY, TestImage, files, preloader, registry, run, temporaries, unique, write_aged};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -16,11 +14,7 @@ fn warms_nested_and_ported_references_and_the_archives_load_back() {
     let single = TestImage::push(&format!("{name}-single"), "latest");
     let dir = tempfile::tempdir().unwrap();
     let list = dir.path().join("images.txt");
-    std::fs::write(
-        &list,
-        format!("# listed in a file\n  {}  \n\n", nested.reference),
-    )
-    .unwrap();
+    std::fs::write(&list, format!("# listed in a file\n  {}  \n\n", nested.reference)).unwrap();
     let archives = dir.path().join("archives");
 
     let single_untagged = single.repository.clone();
@@ -44,12 +38,14 @@ fn warms_nested_and_ported_references_and_the_archives_load_back() {
         (&single, format!("{name}-single_latest.tar")),
     ];
     let on_disk = files(&archives);
-    assert_eq!(on_disk.len(), 3, "{on_disk:?}");
+    assert_eq!(on_disk.keys().filter(|p| p.ends_with(".tar")).count(), 3, "{on_disk:?}");
+    assert_eq!(
+        on_disk.keys().filter(|p| p.ends_with(".tar.json")).count(),
+        3,
+        "a record per archive: {on_disk:?}"
+    );
     for (image, relative) in &expected {
-        assert!(
-            on_disk.contains_key(relative),
-            "{relative} missing from {on_disk:?}"
-        );
+        assert!(on_disk.contains_key(relative), "{relative} missing from {on_disk:?}");
         image.assert_loads_and_runs(&archives.join(relative));
     }
     assert!(out.stderr.contains("pass 1 complete"), "{}", out.stderr);
@@ -66,30 +62,19 @@ fn digest_references_pull_by_content() {
     // A tag plus a digest: pulled by digest, archived (and loaded) under the tag.
     let tag_and_digest = format!("{}:release@{}", pinned.repository, pinned.digest);
     let out = run(
-        preloader(&[
-            "warm",
-            "--dir",
-            dir.path().to_str().unwrap(),
-            &by_digest,
-            &tag_and_digest,
-        ]),
+        preloader(&["warm", "--dir", dir.path().to_str().unwrap(), &by_digest, &tag_and_digest]),
         TIMEOUT,
     );
     out.assert_code(0);
 
-    let digest_archive = dir
-        .path()
-        .join(format!("ipt/{name}_{}.tar", image.digest.replace(':', "-")));
+    let digest_archive = dir.path().join(format!("ipt/{name}_{}.tar", image.digest.replace(':', "-")));
     image.assert_loads_and_runs(&digest_archive);
 
     let tagged_archive = dir.path().join(format!("ipt/{name}-pinned_release.tar"));
     pinned.assert_loads_and_runs(&tagged_archive);
     let tagged = format!("{}:release", pinned.repository);
     let id = crate::support::docker(&["image", "inspect", "--format", "{{.Id}}", &tagged]);
-    assert_eq!(
-        id, pinned.id,
-        "the archive restores the tag from the reference"
-    );
+    assert_eq!(id, pinned.id, "the archive restores the tag from the reference");
 }
 
 #[test]
@@ -118,10 +103,7 @@ fn a_missing_image_fails_alone_and_keeps_its_old_archive() {
     out.assert_code(1);
     good.assert_loads_and_runs(&dir.path().join(format!("ipt/{name}-good_1.tar")));
     assert_eq!(std::fs::read(&old).unwrap(), old_content);
-    assert_eq!(
-        std::fs::metadata(&old).unwrap().modified().unwrap(),
-        old_mtime
-    );
+    assert_eq!(std::fs::metadata(&old).unwrap().modified().unwrap(), old_mtime);
     assert!(temporaries(dir.path()).is_empty());
 
     let events = out.events();
@@ -129,23 +111,9 @@ fn a_missing_image_fails_alone_and_keeps_its_old_archive() {
         .iter()
         .find(|e| e["level"] == "ERROR" && e["step"] == "pull")
         .unwrap_or_else(|| panic!("no pull failure logged:\n{}", out.stderr));
-    assert_eq!(
-        failure["span"]["image"],
-        missing.as_str(),
-        "the failure names the image"
-    );
-    assert!(
-        failure["message"].as_str().unwrap().contains("not found"),
-        "{failure}"
-    );
+    assert_eq!(failure["span"]["image"], missing.as_str(), "the failure names the image");
+    assert!(failure["message"].as_str().unwrap().contains("not found"), "{failure}");
     let summary = events.iter().find(|e| e["pass"] == 1).unwrap();
-    assert_eq!(
-        (summary["built"].as_u64(), summary["failed"].as_u64()),
-        (Some(1), Some(1))
-    );
-    assert!(
-        out.stderr.contains("1 of 2 images failed"),
-        "{}",
-        out.stderr
-    );
+    assert_eq!((summary["built"].as_u64(), summary["failed"].as_u64()), (Some(1), Some(1)));
+    assert!(out.stderr.contains("1 of 2 images failed"), "{}", out.stderr);
 }

@@ -1,0 +1,186 @@
+//! The record kept next to each archive: `<archive>.json`, e.g. `team/app_2.0.tar.json`.
+//!
+//! It says what the archive holds (reference, the registry digest it was built from, image ID),
+//! how to check it (size, sha256) and when it was made and last confirmed current. It is written
+//! atomically (temporary file, fsync, rename) right after the archive is published. Archives
+//! without a record (made by other tools, or by the seed chart) are never pruned and are refreshed
+//! by age alone.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::layout::Layout;
+
+/// Suffix appended to the archive's file name.
+pub const RECORD_SUFFIX: &str = ".json";
+/// The record format version this build writes.
+pub const FORMAT: u32 = 1;
+
+/// The record of one archive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Format version.
+    pub format: u32,
+    /// The reference the archive was built for, as given.
+    pub reference: String,
+    /// The registry digest (manifest or index) the reference resolved to when built, if known.
+    pub repo_digest: Option<String>,
+    /// The image ID in the daemon that exported it.
+    pub image_id: Option<String>,
+    /// The export layout.
+    pub layout: Layout,
+    /// Archive size in bytes.
+    pub size: u64,
+    /// Hex sha256 of the whole archive.
+    pub sha256: String,
+    /// When the archive was written (RFC 3339).
+    pub created: String,
+    /// When the archive was last confirmed current against the registry (RFC 3339).
+    pub checked: String,
+    /// Set by `verify` when the archive no longer matches: the next pass rebuilds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
+    /// The tool that wrote it, e.g. `image-preloader 0.1.0`.
+    pub tool: String,
+}
+
+/// Errors reading or writing records.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("cannot read record {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("record {path} is not valid: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("cannot write record {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+}
+
+/// The record path for an archive path (relative or absolute).
+pub fn record_path(archive: &Path) -> PathBuf {
+    let mut name = archive.as_os_str().to_owned();
+    name.push(RECORD_SUFFIX);
+    PathBuf::from(name)
+}
+
+/// The archive a record file describes, if `path` is named like a record.
+pub fn archive_of(record: &Path) -> Option<PathBuf> {
+    let name = record.file_name()?.to_str()?;
+    let archive = name.strip_suffix(RECORD_SUFFIX)?;
+    archive.ends_with(".tar").then(|| record.with_file_name(archive))
+}
+
+/// An RFC 3339 timestamp (UTC, seconds).
+pub fn timestamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+impl Record {
+    /// Reads the record of the archive at `archive`; `Ok(None)` if there is none.
+    pub fn read(archive: &Path) -> Result<Option<Record>, RecordError> {
+        let path = record_path(archive);
+        let text = match fs::read(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(RecordError::Read { path, source }),
+        };
+        let record: Record = serde_json::from_slice(&text)
+            .map_err(|e| RecordError::Invalid { path: path.clone(), message: e.to_string() })?;
+        if record.format > FORMAT {
+            return Err(RecordError::Invalid {
+                path,
+                message: format!("format {} is newer than this build understands ({FORMAT})", record.format),
+            });
+        }
+        Ok(Some(record))
+    }
+
+    /// Writes the record of the archive at `archive` atomically (the directory is not fsynced;
+    /// callers that need that do it once for both files).
+    pub fn write(&self, archive: &Path) -> Result<(), RecordError> {
+        let path = record_path(archive);
+        let write_err = |source| RecordError::Write { path: path.clone(), source };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut json = serde_json::to_vec_pretty(self).map_err(|e| write_err(io::Error::other(e)))?;
+        json.push(b'\n');
+        let mut temp = tempfile::Builder::new()
+            .prefix(&format!(".{}.", path.file_name().unwrap_or_default().to_string_lossy()))
+            .suffix(crate::archive::TEMP_SUFFIX)
+            .tempfile_in(dir)
+            .map_err(write_err)?;
+        // Locked like archive temporaries, so a concurrent start's cleanup leaves it alone.
+        temp.as_file().lock().map_err(write_err)?;
+        temp.write_all(&json).map_err(write_err)?;
+        use std::os::unix::fs::PermissionsExt;
+        temp.as_file().set_permissions(fs::Permissions::from_mode(0o644)).map_err(write_err)?;
+        temp.as_file().sync_all().map_err(write_err)?;
+        temp.persist(&path).map_err(|e| write_err(e.error))?;
+        Ok(())
+    }
+
+    /// Writes the record and fsyncs its directory.
+    pub fn write_durably(&self, archive: &Path) -> Result<(), RecordError> {
+        self.write(archive)?;
+        let path = record_path(archive);
+        let dir = path.parent().unwrap_or(Path::new("."));
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|source| RecordError::Write { path, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Record {
+        Record {
+            format: FORMAT,
+            reference: "reg:5000/team/app:1".into(),
+            repo_digest: Some(format!("sha256:{}", "a".repeat(64))),
+            image_id: Some(format!("sha256:{}", "b".repeat(64))),
+            layout: Layout::Classic,
+            size: 1234,
+            sha256: "c".repeat(64),
+            created: timestamp(SystemTime::UNIX_EPOCH),
+            checked: timestamp(SystemTime::UNIX_EPOCH),
+            damaged: None,
+            tool: "image-preloader 0.1.0".into(),
+        }
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(record_path(Path::new("team/app_1.tar")), Path::new("team/app_1.tar.json"));
+        assert_eq!(archive_of(Path::new("/d/team/app_1.tar.json")), Some(PathBuf::from("/d/team/app_1.tar")));
+        assert_eq!(archive_of(Path::new("/d/other.json")), None);
+        assert_eq!(archive_of(Path::new("/d/app_1.tar")), None);
+        assert_eq!(timestamp(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn round_trip_and_absence() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("app_1.tar");
+        assert!(Record::read(&archive).unwrap().is_none());
+        let record = sample();
+        record.write_durably(&archive).unwrap();
+        assert_eq!(Record::read(&archive).unwrap(), Some(record));
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["app_1.tar.json"], "no temporary left behind");
+    }
+
+    #[test]
+    fn invalid_and_future_records_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("app_1.tar");
+        fs::write(record_path(&archive), b"{ not json").unwrap();
+        assert!(matches!(Record::read(&archive), Err(RecordError::Invalid { .. })));
+        let mut future = sample();
+        future.format = FORMAT + 1;
+        future.write(&archive).unwrap();
+        let err = Record::read(&archive).unwrap_err();
+        assert!(err.to_string().contains("newer than this build"), "{err}");
+    }
+}
