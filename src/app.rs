@@ -9,10 +9,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::archive::{ArchiveError, ArchiveStore};
-use crate::config::{Config, PreloadConfig, RunConfig};
+use crate::config::{Config, LoadConfig, PreloadConfig, RunConfig};
 use crate::cycle;
 use crate::docker::{DockerDaemon, DockerError};
+use crate::human;
 use crate::images::ImageSpec;
+use crate::load::{self, LoadOutcome, LoadTarget};
 use crate::pass::Preloader;
 use crate::prune;
 use crate::record::record_path;
@@ -47,6 +49,8 @@ pub enum AppError {
     VerifyFailed { problems: usize, total: usize, dir: PathBuf },
     #[error(transparent)]
     Archive(#[from] ArchiveError),
+    #[error("{problems} of {total} archives could not be loaded")]
+    LoadFailed { problems: usize, total: usize },
 }
 
 impl AppError {
@@ -56,9 +60,10 @@ impl AppError {
             AppError::Docker(DockerError::UnsupportedHost { .. }) => Exit::Usage,
             AppError::Docker(DockerError::Unavailable { .. }) => Exit::DaemonUnavailable,
             AppError::Docker(DockerError::Interrupted { .. }) | AppError::Interrupted => Exit::Interrupted,
-            AppError::ImagesFailed { .. } | AppError::VerifyFailed { .. } | AppError::Archive(_) => {
-                Exit::ImagesFailed
-            }
+            AppError::ImagesFailed { .. }
+            | AppError::VerifyFailed { .. }
+            | AppError::LoadFailed { .. }
+            | AppError::Archive(_) => Exit::ImagesFailed,
         }
     }
 }
@@ -71,6 +76,7 @@ pub async fn execute(config: Config, shutdown: CancellationToken) -> Result<(), 
             Ok(())
         }
         Config::Verify { dir } => verify(dir).await,
+        Config::Load(config) => load(config, shutdown).await,
         Config::Warm(config) => warm(config, shutdown).await,
         Config::Run(config) => run(config, shutdown).await,
     }
@@ -101,6 +107,91 @@ async fn verify(dir: PathBuf) -> Result<(), AppError> {
         0 => Ok(()),
         problems => Err(AppError::VerifyFailed { problems, total: report.findings.len(), dir }),
     }
+}
+
+/// The archives `load` should load: the given paths, the images' archives, and with `--all`
+/// everything in the directory; each once, in that order.
+fn load_targets(config: &LoadConfig) -> Result<Vec<LoadTarget>, ArchiveError> {
+    let mut targets: Vec<LoadTarget> = Vec::new();
+    let mut add = |label: String, path: PathBuf| {
+        if !targets.iter().any(|t| t.path == path) {
+            targets.push(LoadTarget { label, path });
+        }
+    };
+    for archive in &config.archives {
+        add(archive.display().to_string(), config.dir.join(archive));
+    }
+    for image in &config.images {
+        add(image.archive.display().to_string(), config.dir.join(&image.archive));
+    }
+    if config.all {
+        let found = ArchiveStore::new(&config.dir).archives()?;
+        if found.is_empty() {
+            warn!(dir = %config.dir.display(), "--all: no archives in the directory");
+        }
+        for relative in found {
+            add(relative.display().to_string(), config.dir.join(relative));
+        }
+    }
+    Ok(targets)
+}
+
+async fn load(config: LoadConfig, shutdown: CancellationToken) -> Result<(), AppError> {
+    let targets = load_targets(&config)?;
+    let result = match DockerDaemon::wait_until_ready(&config.docker_host, config.wait_timeout, &shutdown)
+        .await
+    {
+        Ok((daemon, about)) => {
+            info!(docker_host = daemon.host(), version = %about.version, archives = targets.len(), "connected to the docker daemon");
+            let outcomes = load::load_all(&daemon, &targets, config.concurrency, &shutdown).await;
+            report_loads(&outcomes, config.strict)
+        }
+        Err(DockerError::Interrupted { .. }) if config.idle => return Ok(()),
+        Err(e) => Err(e.into()),
+    };
+    if config.idle && !shutdown.is_cancelled() {
+        if let Err(e) = &result {
+            warn!("{e}");
+        }
+        info!("idling until SIGTERM (--idle)");
+        shutdown.cancelled().await;
+        return Ok(());
+    }
+    result
+}
+
+/// Prints one line per archive and a summary; the error says how many need attention.
+fn report_loads(outcomes: &[(LoadTarget, LoadOutcome)], strict: bool) -> Result<(), AppError> {
+    let mut out = std::io::stdout().lock();
+    let (mut loaded, mut bytes) = (0, 0);
+    let count = |label: &str| outcomes.iter().filter(|(_, o)| o.label() == label).count();
+    for (target, outcome) in outcomes {
+        let detail = match outcome {
+            LoadOutcome::Loaded { images, bytes: b, elapsed } => {
+                loaded += 1;
+                bytes += b;
+                format!("{} in {}: {}", human::bytes(*b), human::duration(*elapsed), images.join(", "))
+            }
+            LoadOutcome::Present => "the daemon already has it".to_owned(),
+            LoadOutcome::Missing => format!("no file at {}", target.path.display()),
+            LoadOutcome::Damaged(why) | LoadOutcome::Failed(why) => why.clone(),
+            LoadOutcome::Cancelled => "interrupted".to_owned(),
+        };
+        let _ = writeln!(out, "{:<9} {}: {detail}", outcome.label(), target.label);
+    }
+    let (present, missing, damaged, failed, cancelled) =
+        (count("present"), count("missing"), count("damaged"), count("failed"), count("cancelled"));
+    let summary = format!(
+        "{loaded} loaded ({}), {present} already present, {missing} missing, {damaged} damaged, {failed} failed",
+        human::bytes(bytes)
+    );
+    let problems = damaged + failed + cancelled + if strict { missing } else { 0 };
+    if problems > 0 {
+        warn!(loaded, present, missing, damaged, failed, "{summary}");
+        return Err(AppError::LoadFailed { problems, total: outcomes.len() });
+    }
+    info!(loaded, present, missing, damaged, failed, "{summary}");
+    Ok(())
 }
 
 /// `--prune`: removes recorded archives not in `images`. Failures are logged, not fatal.

@@ -13,7 +13,8 @@ pub const DEFAULT_DIR: &str = "/opt/runner/images";
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success (for `run`: stopped by SIGTERM or SIGINT)
-  1  at least one image failed (`warm`); damaged, unrecorded or missing archives (`verify`)
+  1  at least one image failed (`warm`); damaged, unrecorded or missing archives (`verify`);
+     an archive failed to load, or is damaged, or (with --strict) missing (`load`)
   2  usage or configuration error (invalid reference, two references mapping to one archive,
      unreadable images file), detected before any pull or write
   3  the Docker daemon did not answer within --wait-timeout
@@ -55,6 +56,9 @@ pub enum CliCommand {
     /// Read every archive back: recompute checksums, check completeness and compare with the
     /// records. Damaged archives are marked so the next pass rebuilds them.
     Verify(VerifyArgs),
+    /// The runner side: load archives into a daemon. Each archive is checked first (complete,
+    /// matching its record); images the daemon already has are skipped. Writes nothing to --dir.
+    Load(LoadArgs),
 }
 
 /// How archives that reached --max-image-age are refreshed.
@@ -98,6 +102,20 @@ pub struct DirArg {
     pub dir: PathBuf,
 }
 
+/// How to reach the Docker daemon.
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Docker daemon address (unix:///path, tcp://host:port) [default: $DOCKER_HOST, else
+    /// unix:///var/run/docker.sock].
+    #[arg(long, value_name = "URL", env = "IMAGE_PRELOADER_DOCKER_HOST")]
+    pub docker_host: Option<String>,
+
+    /// How long to wait for the daemon to answer before giving up (exit 3): seconds, or a
+    /// duration such as `2m`.
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_duration, env = "IMAGE_PRELOADER_WAIT_TIMEOUT")]
+    pub wait_timeout: Duration,
+}
+
 /// Options of the commands that write archives.
 #[derive(Debug, Args)]
 pub struct PreloadArgs {
@@ -137,15 +155,8 @@ pub struct PreloadArgs {
     #[arg(long, env = "IMAGE_PRELOADER_REMOVE_AFTER_SAVE")]
     pub remove_after_save: bool,
 
-    /// Docker daemon address (unix:///path, tcp://host:port) [default: $DOCKER_HOST, else
-    /// unix:///var/run/docker.sock].
-    #[arg(long, value_name = "URL", env = "IMAGE_PRELOADER_DOCKER_HOST")]
-    pub docker_host: Option<String>,
-
-    /// How long to wait for the daemon to answer before giving up (exit 3): seconds, or a
-    /// duration such as `2m`.
-    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_duration, env = "IMAGE_PRELOADER_WAIT_TIMEOUT")]
-    pub wait_timeout: Duration,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
 
     /// Images processed at once (a pull of one overlaps the save of another).
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64), env = "IMAGE_PRELOADER_CONCURRENCY")]
@@ -179,6 +190,46 @@ pub struct PathArgs {
     /// Print the path of each archive's record (`<archive>.json`) instead of the archive's.
     #[arg(long, env = "IMAGE_PRELOADER_RECORD")]
     pub record: bool,
+}
+
+/// `load` options.
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Archives to load: paths relative to --dir (as `path` prints them) or absolute.
+    #[arg(value_name = "ARCHIVE")]
+    pub archives: Vec<PathBuf>,
+
+    /// Load the archive of this image reference (repeatable, or comma-separated in the
+    /// environment): the name `run` and `warm` give it.
+    #[arg(long = "image", value_name = "REF", value_delimiter = ',', env = "IMAGE_PRELOADER_LOAD_IMAGES")]
+    pub images: Vec<String>,
+
+    /// Load the archives of the images listed in this file (the same list the DaemonSet uses).
+    #[arg(long, value_name = "FILE", env = "IMAGE_PRELOADER_IMAGES_FILE")]
+    pub images_file: Option<PathBuf>,
+
+    /// Load every archive under --dir.
+    #[arg(long, env = "IMAGE_PRELOADER_ALL")]
+    pub all: bool,
+
+    #[command(flatten)]
+    pub dir: DirArg,
+
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+
+    /// Archives loaded at once.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64), env = "IMAGE_PRELOADER_CONCURRENCY")]
+    pub concurrency: u16,
+
+    /// Treat a missing archive as an error (exit 1) instead of a warning.
+    #[arg(long, env = "IMAGE_PRELOADER_STRICT")]
+    pub strict: bool,
+
+    /// After loading, keep running until SIGTERM, then exit 0: for use as a native sidecar
+    /// (restartPolicy: Always) rather than an init container.
+    #[arg(long, env = "IMAGE_PRELOADER_IDLE")]
+    pub idle: bool,
 }
 
 /// `verify` options.

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::{CliCommand, ImagesArgs, PreloadArgs, RefreshPolicyArg};
+use crate::cli::{CliCommand, DaemonArgs, ImagesArgs, LoadArgs, PreloadArgs, RefreshPolicyArg};
 use crate::docker::{self, DockerError};
 use crate::images::{self, ImageListError, ImageSpec};
 use crate::pass::Settings;
@@ -32,6 +32,31 @@ pub enum Config {
         /// The archive directory.
         dir: PathBuf,
     },
+    /// Load archives into a daemon.
+    Load(LoadConfig),
+}
+
+/// `load` settings.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    /// The archive directory.
+    pub dir: PathBuf,
+    /// Archive paths given directly, relative to `dir` or absolute.
+    pub archives: Vec<PathBuf>,
+    /// Images whose archives to load.
+    pub images: Vec<ImageSpec>,
+    /// Load every archive in `dir` too.
+    pub all: bool,
+    /// Daemon address.
+    pub docker_host: String,
+    /// How long to wait for the daemon.
+    pub wait_timeout: Duration,
+    /// Archives loaded at once.
+    pub concurrency: usize,
+    /// Missing archives are errors.
+    pub strict: bool,
+    /// Keep running after loading.
+    pub idle: bool,
 }
 
 /// Settings shared by `run` and `warm`.
@@ -90,6 +115,10 @@ pub enum ConfigError {
     NoImages,
     #[error("{0}")]
     DockerHost(#[from] DockerError),
+    #[error("nothing to load: pass ARCHIVE paths, --image, --images-file or --all")]
+    NothingToLoad,
+    #[error("invalid archive path {0:?}: a relative path must stay inside --dir (no `..`)")]
+    ArchivePath(PathBuf),
 }
 
 impl TryFrom<CliCommand> for Config {
@@ -103,6 +132,7 @@ impl TryFrom<CliCommand> for Config {
             CliCommand::Warm(args) => Config::Warm(preload_config(args.preload)?),
             CliCommand::Path(args) => Config::Path { images: path_list(&args.images)?, record: args.record },
             CliCommand::Verify(args) => Config::Verify { dir: args.dir.dir },
+            CliCommand::Load(args) => Config::Load(load_config(args)?),
         })
     }
 }
@@ -127,12 +157,51 @@ fn path_list(args: &ImagesArgs) -> Result<Vec<ImageSpec>, ConfigError> {
     Ok(parsed.into_iter().map(|(_, _, spec)| spec).collect())
 }
 
-fn preload_config(args: PreloadArgs) -> Result<PreloadConfig, ConfigError> {
-    let docker_host = args
+/// `--docker-host`, else `$DOCKER_HOST`, else the default socket; checked, not contacted.
+fn docker_host(args: &DaemonArgs) -> Result<String, ConfigError> {
+    let host = args
         .docker_host
+        .clone()
         .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
         .unwrap_or_else(|| DEFAULT_DOCKER_HOST.to_owned());
-    docker::validate_host(&docker_host)?;
+    docker::validate_host(&host)?;
+    Ok(host)
+}
+
+fn load_config(args: LoadArgs) -> Result<LoadConfig, ConfigError> {
+    use std::path::Component;
+    for archive in &args.archives {
+        let inside = archive.is_absolute()
+            || archive.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+        if !inside || archive.as_os_str().is_empty() {
+            return Err(ConfigError::ArchivePath(archive.clone()));
+        }
+    }
+    let parsed = images::parse_all(images::entries(&args.images, args.images_file.as_deref())?)?;
+    let mut images: Vec<ImageSpec> = Vec::new();
+    for (_, _, spec) in parsed {
+        if !images.iter().any(|known| known.archive == spec.archive) {
+            images.push(spec);
+        }
+    }
+    if args.archives.is_empty() && images.is_empty() && !args.all {
+        return Err(ConfigError::NothingToLoad);
+    }
+    Ok(LoadConfig {
+        dir: args.dir.dir,
+        archives: args.archives,
+        images,
+        all: args.all,
+        docker_host: docker_host(&args.daemon)?,
+        wait_timeout: args.daemon.wait_timeout,
+        concurrency: usize::from(args.concurrency),
+        strict: args.strict,
+        idle: args.idle,
+    })
+}
+
+fn preload_config(args: PreloadArgs) -> Result<PreloadConfig, ConfigError> {
+    let docker_host = docker_host(&args.daemon)?;
     Ok(PreloadConfig {
         images: image_list(&args.images)?,
         dir: args.dir.dir,
@@ -145,7 +214,7 @@ fn preload_config(args: PreloadArgs) -> Result<PreloadConfig, ConfigError> {
         prune: args.prune,
         remove_after_save: args.remove_after_save,
         docker_host,
-        wait_timeout: args.wait_timeout,
+        wait_timeout: args.daemon.wait_timeout,
         concurrency: usize::from(args.concurrency),
     })
 }

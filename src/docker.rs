@@ -1,16 +1,18 @@
 //! The Docker daemon as an [`ImageSource`]: waiting for it, pulling, exporting.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::query_parameters::{
-    CreateImageOptionsBuilder, RemoveImageOptionsBuilder, TagImageOptionsBuilder,
+    CreateImageOptionsBuilder, ImportImageOptionsBuilder, RemoveImageOptionsBuilder, TagImageOptionsBuilder,
 };
 use bytes::Bytes;
 use futures_util::stream::{BoxStream, StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use crate::layout::ArchiveContents;
 use crate::reference::Reference;
 use crate::source::{ImageFacts, ImageSource, PullOutcome, Pulled, SourceError};
 
@@ -115,6 +117,92 @@ impl DockerDaemon {
     pub fn client(&self) -> &Docker {
         &self.client
     }
+
+    /// Whether the daemon has every image of an archive, under every tag the archive would apply.
+    pub async fn has_images(&self, contents: &ArchiveContents) -> Result<bool, SourceError> {
+        for image in &contents.images {
+            let Some(id) = &image.config_digest else { return Ok(false) };
+            let Some(found) = self.image_id(id).await? else { return Ok(false) };
+            for tag in &image.repo_tags {
+                if self.image_id(tag).await?.as_ref() != Some(&found) {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(!contents.images.is_empty())
+    }
+
+    /// The ID of the image `name` resolves to, or `None` if the daemon has no such image.
+    async fn image_id(&self, name: &str) -> Result<Option<String>, SourceError> {
+        match self.client.inspect_image(name).await {
+            Ok(info) => Ok(info.id),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
+            Err(e) => Err(SourceError::Inspect { image: name.to_owned(), message: message(e) }),
+        }
+    }
+
+    /// Streams the archive at `path` to the daemon's load endpoint and returns what it loaded
+    /// (`name:tag`, or an image ID for untagged images).
+    pub async fn load(&self, path: &Path) -> Result<Vec<String>, SourceError> {
+        let label = path.display().to_string();
+        let load_err = |message| SourceError::Load { archive: label.clone(), message };
+        let chunks = read_chunks(path.to_owned());
+        let options = ImportImageOptionsBuilder::default().quiet(true).build();
+        let mut progress = self.client.import_image_stream(options, chunks, None);
+        let mut loaded = Vec::new();
+        while let Some(item) = progress.next().await {
+            let info = item.map_err(|e| load_err(message(e)))?;
+            for line in info.stream.as_deref().unwrap_or("").lines() {
+                if let Some(name) =
+                    line.strip_prefix("Loaded image: ").or_else(|| line.strip_prefix("Loaded image ID: "))
+                {
+                    loaded.push(name.trim().to_owned());
+                }
+            }
+        }
+        if loaded.is_empty() {
+            return Err(load_err("the daemon reported no loaded image".into()));
+        }
+        Ok(loaded)
+    }
+}
+
+/// Chunk size and read-ahead when streaming a file to the daemon.
+const READ_CHUNK: usize = 1 << 20;
+const READ_AHEAD: usize = 4;
+
+/// The file's bytes as a stream, read on a blocking thread with bounded read-ahead.
+fn read_chunks(
+    path: PathBuf,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(READ_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        };
+        loop {
+            let mut buf = vec![0u8; READ_CHUNK];
+            match file.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                        return; // the request was dropped
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
 }
 
 async fn try_connect(host: &str) -> Result<(DockerDaemon, DaemonInfo), String> {

@@ -9,7 +9,8 @@
 //!   the record beside each archive, one writer per archive, the disk guard;
 //! - [`prune`], [`verify`]: removing unlisted archives, checking archives against records;
 //! - [`source`], [`docker`]: where images come from;
-//! - [`pass`], [`cycle`], [`app`]: one pass, the `run` loop, the commands.
+//! - [`pass`], [`cycle`], [`load`], [`app`]: one pass, the `run` loop, loading archives into a
+//!   daemon, the commands.
 
 pub mod app;
 pub mod archive;
@@ -20,6 +21,7 @@ pub mod docker;
 pub mod human;
 pub mod images;
 pub mod layout;
+pub mod load;
 pub mod lock;
 pub mod logging;
 pub mod naming;

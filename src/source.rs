@@ -85,4 +85,6 @@ pub enum SourceError {
     Export { image: String, message: String },
     #[error("removing {image} from the source failed: {message}")]
     Remove { image: String, message: String },
+    #[error("loading {archive} failed: {message}")]
+    Load { archive: String, message: String },
 }

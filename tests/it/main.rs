@@ -4,6 +4,7 @@
 mod cli;
 mod digest;
 mod interrupt;
+mod load;
 mod refresh;
 mod sidecar;
 mod storage;

@@ -497,3 +497,50 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg(self.dir.path()).status();
     }
 }
+
+/// A read-only bind mount of a directory (needs root), unmounted on drop: what a runner pod gets
+/// from a hostPath volume with `readOnly: true`.
+pub struct ReadOnlyView {
+    dir: tempfile::TempDir,
+}
+
+impl ReadOnlyView {
+    pub fn of(source: &Path) -> ReadOnlyView {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().to_str().unwrap();
+        for args in [vec!["--bind", source.to_str().unwrap(), target], vec!["-o", "remount,bind,ro", target]]
+        {
+            let out = Command::new("mount").args(&args).output().expect("run mount");
+            assert!(
+                out.status.success(),
+                "cannot make a read-only bind mount (this test needs root, as scripts/test.sh runs): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        ReadOnlyView { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for ReadOnlyView {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// Names, sizes and modification times of every file under `dir`: equal snapshots mean nothing
+/// was written.
+pub fn snapshot(dir: &Path) -> Vec<(String, u64, SystemTime)> {
+    walkdir::WalkDir::new(dir)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_map(Result::ok)
+        .map(|e| {
+            let meta = e.metadata().unwrap();
+            (e.path().strip_prefix(dir).unwrap().display().to_string(), meta.len(), meta.modified().unwrap())
+        })
+        .collect()
+}
