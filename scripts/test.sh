@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command. On a fresh machine it installs what the tests need, starts a Docker daemon and a
-# registry on 127.0.0.1 when none answers, then runs formatting and lint checks and every test.
+# registry on 127.0.0.1 when none answers, fetches helm and kubernetes-validate, builds the container
+# image offline (docker/build.sh), then runs formatting and lint checks and every test.
 #
 #   scripts/test.sh              # everything
 #   scripts/test.sh -- FILTER    # only tests whose name contains FILTER (after the checks)
@@ -25,6 +26,10 @@ fi
 ensure_packages
 ensure_dockerd
 ensure_registry
+ensure_helm
+ensure_kubernetes_validate
+ensure_musl_target
+build_test_image
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

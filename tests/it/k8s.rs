@@ -1,0 +1,158 @@
+//! Shared helpers for the Kubernetes side: rendering the chart with helm, validating manifests with
+//! kubernetes-validate, and the container image built by docker/build.sh. scripts/test.sh installs
+//! helm and kubernetes-validate under target/tools and builds the image; a test that needs one and
+//! finds none fails with a message saying so.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use serde_yaml_ng::Value;
+
+const TOOLS_HINT: &str = "run scripts/test.sh, which fetches helm and kubernetes-validate into target/tools \
+     and builds the container image (docker/build.sh test)";
+
+/// The repository root.
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The chart directory.
+pub fn chart_dir() -> PathBuf {
+    root().join("charts/image-preloader")
+}
+
+/// Finds a tool on PATH or in target/tools/bin; fails the test with instructions otherwise.
+pub fn tool(name: &str) -> PathBuf {
+    let local = root().join("target/tools/bin").join(name);
+    if local.is_file() {
+        return local;
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!("`{name}` is not installed; {TOOLS_HINT}");
+}
+
+/// Runs `helm template` on the chart with the given extra arguments (values files, `--set`, …).
+/// Returns the rendered YAML text or helm's error output.
+pub fn helm_template(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(tool("helm"))
+        .args(["template", "preload"])
+        .arg(chart_dir())
+        .args(["--namespace", "ci-images"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run helm");
+    if out.status.success() {
+        Ok(String::from_utf8(out.stdout).expect("helm output is UTF-8"))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Renders the chart and parses every document; panics with helm's message on failure.
+pub fn render(args: &[&str]) -> Vec<Value> {
+    let text = helm_template(args).unwrap_or_else(|e| panic!("helm template {args:?} failed: {e}"));
+    documents(&text)
+}
+
+/// Parses a multi-document YAML stream, dropping empty documents.
+pub fn documents(text: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|doc| Value::deserialize(doc).expect("valid YAML"))
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+/// The objects of one kind.
+pub fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"].as_str() == Some(kind)).collect()
+}
+
+/// The one object of a kind; panics when there are none or several.
+pub fn only<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    let found = of_kind(docs, kind);
+    assert_eq!(found.len(), 1, "expected one {kind}, found {}", found.len());
+    found[0]
+}
+
+/// A container (or init container) of a pod spec by name.
+pub fn container<'a>(pod_spec: &'a Value, name: &str) -> &'a Value {
+    for list in ["containers", "initContainers"] {
+        if let Some(items) = pod_spec[list].as_sequence() {
+            if let Some(c) = items.iter().find(|c| c["name"].as_str() == Some(name)) {
+                return c;
+            }
+        }
+    }
+    panic!("no container named {name} in {pod_spec:?}");
+}
+
+/// Kubernetes versions the manifests are validated against: the oldest supported and the newest
+/// schema kubernetes-validate ships.
+pub fn kubernetes_versions() -> Vec<String> {
+    static NEWEST: OnceLock<String> = OnceLock::new();
+    let newest = NEWEST.get_or_init(|| {
+        let out = Command::new(tool("kubernetes-validate")).arg("--help").output().expect("run kubernetes-validate");
+        let help = String::from_utf8_lossy(&out.stdout).into_owned();
+        // The help text lists the known versions; take the highest 1.x.y it mentions.
+        let mut best: Option<(u32, u32, u32)> = None;
+        for word in help.split(|c: char| !(c.is_ascii_digit() || c == '.')) {
+            let parts: Vec<u32> = word.split('.').filter_map(|p| p.parse().ok()).collect();
+            if parts.len() == 3 && parts[0] == 1 && word.split('.').count() == 3 {
+                let v = (parts[0], parts[1], parts[2]);
+                if best.is_none_or(|b| v > b) {
+                    best = Some(v);
+                }
+            }
+        }
+        let (a, b, c) = best.expect("kubernetes-validate --help lists Kubernetes versions");
+        format!("{a}.{b}.{c}")
+    });
+    vec!["1.29.0".to_owned(), newest.clone()]
+}
+
+/// Validates a YAML stream with `kubernetes-validate --strict` against every version of
+/// [`kubernetes_versions`]; panics with the tool's output (naming `what`) on failure.
+pub fn validate(what: &str, yaml: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("manifest.yaml");
+    std::fs::write(&file, yaml).expect("write manifest");
+    for version in kubernetes_versions() {
+        let out = Command::new(tool("kubernetes-validate"))
+            .args(["--strict", "-k", &version])
+            .arg(&file)
+            .output()
+            .expect("run kubernetes-validate");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{what} is not valid for Kubernetes {version}:\n{text}\n---\n{yaml}");
+    }
+}
+
+/// The container image built by scripts/test.sh (docker/build.sh); fails with instructions if absent.
+pub fn test_image() -> &'static str {
+    static IMAGE: OnceLock<Result<String, String>> = OnceLock::new();
+    let result = IMAGE.get_or_init(|| {
+        let image =
+            std::env::var("IMAGE_PRELOADER_TEST_IMAGE").unwrap_or_else(|_| "image-preloader:test".to_owned());
+        crate::support::ensure_docker();
+        let ok = Command::new("docker")
+            .args(["image", "inspect", "--format", "{{.Id}}", &image])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok { Ok(image) } else { Err(format!("the container image {image} is not built; {TOOLS_HINT}")) }
+    });
+    match result {
+        Ok(image) => image,
+        Err(message) => panic!("{message}"),
+    }
+}
