@@ -41,8 +41,13 @@ pub fn tool(name: &str) -> PathBuf {
 /// Runs `helm template` on the chart with the given extra arguments (values files, `--set`, …).
 /// Returns the rendered YAML text or helm's error output.
 pub fn helm_template(args: &[&str]) -> Result<String, String> {
+    helm_template_as("preload", args)
+}
+
+/// [`helm_template`] with the given release name.
+pub fn helm_template_as(release: &str, args: &[&str]) -> Result<String, String> {
     let out = Command::new(tool("helm"))
-        .args(["template", "preload"])
+        .args(["template", release])
         .arg(chart_dir())
         .args(["--namespace", "ci-images"])
         .args(args)
@@ -100,7 +105,10 @@ pub fn container<'a>(pod_spec: &'a Value, name: &str) -> &'a Value {
 pub fn kubernetes_versions() -> Vec<String> {
     static NEWEST: OnceLock<String> = OnceLock::new();
     let newest = NEWEST.get_or_init(|| {
-        let out = Command::new(tool("kubernetes-validate")).arg("--help").output().expect("run kubernetes-validate");
+        let out = Command::new(tool("kubernetes-validate"))
+            .arg("--help")
+            .output()
+            .expect("run kubernetes-validate");
         let help = String::from_utf8_lossy(&out.stdout).into_owned();
         // The help text lists the known versions; take the highest 1.x.y it mentions.
         let mut best: Option<(u32, u32, u32)> = None;
@@ -131,7 +139,8 @@ pub fn validate(what: &str, yaml: &str) {
             .arg(&file)
             .output()
             .expect("run kubernetes-validate");
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "{what} is not valid for Kubernetes {version}:\n{text}\n---\n{yaml}");
     }
 }
@@ -155,4 +164,100 @@ pub fn test_image() -> &'static str {
         Ok(image) => image,
         Err(message) => panic!("{message}"),
     }
+}
+
+/// Where a pod volume comes from when a container spec is run with `docker run`.
+pub enum HostVolume<'a> {
+    /// A host directory (an emptyDir, a hostPath or a rendered ConfigMap written to disk).
+    Dir(&'a Path),
+    /// The directory that holds the test daemon's socket, standing in for the pod's socket volume
+    /// (the container expects `docker.sock` in it).
+    DockerSocketDir,
+}
+
+/// The unix socket of the test daemon (`DOCKER_HOST`, else /var/run/docker.sock).
+pub fn docker_socket() -> PathBuf {
+    match std::env::var("DOCKER_HOST") {
+        Ok(host) if !host.is_empty() => PathBuf::from(
+            host.strip_prefix("unix://").unwrap_or_else(|| panic!("DOCKER_HOST={host} is not a unix socket")),
+        ),
+        _ => PathBuf::from("/var/run/docker.sock"),
+    }
+}
+
+/// Builds a `docker run` for a rendered container spec the way the kubelet would run it: its
+/// command, args and env verbatim (no shell), its volume mounts from `volumes` (by volume name;
+/// `readOnly` honoured), its security context (`readOnlyRootFilesystem`, `runAsUser`/`runAsGroup`,
+/// dropped capabilities, `allowPrivilegeEscalation: false`), no network. The image is replaced by
+/// `image`. Panics on a spec it cannot reproduce faithfully (an unknown volume, `privileged`, an
+/// env var from a reference).
+pub fn docker_run(spec: &Value, image: &str, name: &str, volumes: &[(&str, HostVolume)]) -> Command {
+    let mut cmd = Command::new("docker");
+    cmd.args(["run", "--name", name, "--network", "none"]);
+    for item in spec["env"].as_sequence().into_iter().flatten() {
+        let key = item["name"].as_str().expect("env name");
+        let value = item["value"].as_str().unwrap_or_else(|| panic!("env {key} has no literal value"));
+        cmd.arg("--env").arg(format!("{key}={value}"));
+    }
+    for mount in spec["volumeMounts"].as_sequence().into_iter().flatten() {
+        let volume = mount["name"].as_str().expect("volumeMount name");
+        let target = mount["mountPath"].as_str().expect("mountPath");
+        let ro = if mount["readOnly"].as_bool() == Some(true) { ",readonly" } else { "" };
+        let (_, source) = volumes
+            .iter()
+            .find(|(n, _)| *n == volume)
+            .unwrap_or_else(|| panic!("the test has no stand-in for volume {volume}"));
+        match source {
+            HostVolume::Dir(dir) => {
+                cmd.arg("--mount").arg(format!("type=bind,source={},target={target}{ro}", dir.display()));
+            }
+            HostVolume::DockerSocketDir => {
+                let socket = docker_socket();
+                let file = socket.file_name().unwrap().to_string_lossy();
+                assert_eq!(file, "docker.sock", "the pod's socket volume holds docker.sock");
+                // The whole directory would bring the host's other sockets along; bind only the
+                // socket, at the place the volume puts it, over an empty directory.
+                cmd.args(["--mount", &format!("type=tmpfs,target={target}")]);
+                cmd.arg("--mount")
+                    .arg(format!("type=bind,source={},target={target}/docker.sock{ro}", socket.display()));
+            }
+        }
+    }
+    let security = &spec["securityContext"];
+    assert_ne!(security["privileged"].as_bool(), Some(true), "a privileged container is not simulated");
+    if security["readOnlyRootFilesystem"].as_bool() == Some(true) {
+        cmd.arg("--read-only");
+    }
+    if security["allowPrivilegeEscalation"].as_bool() == Some(false) {
+        cmd.args(["--security-opt", "no-new-privileges"]);
+    }
+    for cap in security["capabilities"]["drop"].as_sequence().into_iter().flatten() {
+        cmd.args(["--cap-drop", cap.as_str().expect("capability")]);
+    }
+    match (security["runAsUser"].as_u64(), security["runAsGroup"].as_u64()) {
+        (Some(user), Some(group)) => {
+            cmd.args(["--user", &format!("{user}:{group}")]);
+        }
+        (Some(user), None) => {
+            cmd.args(["--user", &user.to_string()]);
+        }
+        _ => {}
+    }
+    let command: Vec<&str> = spec["command"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .map(|v| v.as_str().expect("command word"))
+        .collect();
+    if let Some((entrypoint, _)) = command.split_first() {
+        cmd.args(["--entrypoint", entrypoint]);
+    }
+    cmd.arg(image);
+    if command.len() > 1 {
+        cmd.args(&command[1..]);
+    }
+    for arg in spec["args"].as_sequence().into_iter().flatten() {
+        cmd.arg(arg.as_str().expect("args are strings"));
+    }
+    cmd
 }
