@@ -100,7 +100,10 @@ pub fn container<'a>(pod_spec: &'a Value, name: &str) -> &'a Value {
 pub fn kubernetes_versions() -> Vec<String> {
     static NEWEST: OnceLock<String> = OnceLock::new();
     let newest = NEWEST.get_or_init(|| {
-        let out = Command::new(tool("kubernetes-validate")).arg("--help").output().expect("run kubernetes-validate");
+        let out = Command::new(tool("kubernetes-validate"))
+            .arg("--help")
+            .output()
+            .expect("run kubernetes-validate");
         let help = String::from_utf8_lossy(&out.stdout).into_owned();
         // The help text lists the known versions; take the highest 1.x.y it mentions.
         let mut best: Option<(u32, u32, u32)> = None;
@@ -131,12 +134,14 @@ pub fn validate(what: &str, yaml: &str) {
             .arg(&file)
             .output()
             .expect("run kubernetes-validate");
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "{what} is not valid for Kubernetes {version}:\n{text}\n---\n{yaml}");
     }
 }
 
 /// The container image built by scripts/test.sh (docker/build.sh); fails with instructions if absent.
+#[allow(dead_code)] // used by the image tests
 pub fn test_image() -> &'static str {
     static IMAGE: OnceLock<Result<String, String>> = OnceLock::new();
     let result = IMAGE.get_or_init(|| {
