@@ -693,20 +693,22 @@ fn the_readme_documents_every_value_with_its_default() {
     for line in values_text.lines() {
         let trimmed = line.trim_start();
         let indent = line.len() - trimmed.len();
-        if !trimmed.is_empty() && !trimmed.starts_with('#') && !trimmed.starts_with('-') {
-            if let Some((key, _)) = trimmed.split_once(':') {
-                while stack.last().is_some_and(|(i, _)| *i >= indent) {
-                    stack.pop();
-                }
-                let path = match stack.last() {
-                    Some((_, parent)) => format!("{parent}.{key}"),
-                    None => key.to_owned(),
-                };
-                if documented.contains(path.as_str()) && !previous.trim_start().starts_with('#') {
-                    uncommented.push(path.clone());
-                }
-                stack.push((indent, path));
+        if !trimmed.is_empty()
+            && !trimmed.starts_with('#')
+            && !trimmed.starts_with('-')
+            && let Some((key, _)) = trimmed.split_once(':')
+        {
+            while stack.last().is_some_and(|(i, _)| *i >= indent) {
+                stack.pop();
             }
+            let path = match stack.last() {
+                Some((_, parent)) => format!("{parent}.{key}"),
+                None => key.to_owned(),
+            };
+            if documented.contains(path.as_str()) && !previous.trim_start().starts_with('#') {
+                uncommented.push(path.clone());
+            }
+            stack.push((indent, path));
         }
         if !trimmed.is_empty() {
             previous = line;

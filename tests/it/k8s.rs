@@ -86,10 +86,10 @@ pub fn only<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
 /// A container (or init container) of a pod spec by name.
 pub fn container<'a>(pod_spec: &'a Value, name: &str) -> &'a Value {
     for list in ["containers", "initContainers"] {
-        if let Some(items) = pod_spec[list].as_sequence() {
-            if let Some(c) = items.iter().find(|c| c["name"].as_str() == Some(name)) {
-                return c;
-            }
+        if let Some(items) = pod_spec[list].as_sequence()
+            && let Some(c) = items.iter().find(|c| c["name"].as_str() == Some(name))
+        {
+            return c;
         }
     }
     panic!("no container named {name} in {pod_spec:?}");
