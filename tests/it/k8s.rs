@@ -91,10 +91,10 @@ pub fn only<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
 /// A container (or init container) of a pod spec by name.
 pub fn container<'a>(pod_spec: &'a Value, name: &str) -> &'a Value {
     for list in ["containers", "initContainers"] {
-        if let Some(items) = pod_spec[list].as_sequence() {
-            if let Some(c) = items.iter().find(|c| c["name"].as_str() == Some(name)) {
-                return c;
-            }
+        if let Some(items) = pod_spec[list].as_sequence()
+            && let Some(c) = items.iter().find(|c| c["name"].as_str() == Some(name))
+        {
+            return c;
         }
     }
     panic!("no container named {name} in {pod_spec:?}");
@@ -146,6 +146,7 @@ pub fn validate(what: &str, yaml: &str) {
 }
 
 /// The container image built by scripts/test.sh (docker/build.sh); fails with instructions if absent.
+#[allow(dead_code)] // used by the image tests
 pub fn test_image() -> &'static str {
     static IMAGE: OnceLock<Result<String, String>> = OnceLock::new();
     let result = IMAGE.get_or_init(|| {

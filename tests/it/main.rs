@@ -1,6 +1,7 @@
 //! Integration tests: the built binary against a real Docker daemon and a real registry on
 //! 127.0.0.1 (scripts/test.sh starts both). Every test uses its own images and directories.
 
+mod chart;
 mod cli;
 mod digest;
 mod docs;
