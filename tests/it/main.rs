@@ -3,7 +3,9 @@
 
 mod cli;
 mod digest;
+mod image;
 mod interrupt;
+mod k8s;
 mod load;
 mod refresh;
 mod sidecar;
