@@ -5,6 +5,7 @@ mod cli;
 mod digest;
 mod image;
 mod interrupt;
+#[allow(dead_code)] // helpers shared with the chart tests; the image tests use test_image() only
 mod k8s;
 mod load;
 mod refresh;
