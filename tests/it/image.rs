@@ -88,10 +88,7 @@ fn image_is_small_labelled_and_holds_only_the_static_binary() {
     let dir = tempfile::tempdir().unwrap();
     let saved = dir.path().join("image.tar");
     docker(&["save", "-o", saved.to_str().unwrap(), image]);
-    let listing = sh(&format!(
-        "tar -xOf {} --wildcards '*/layer.tar' | tar -tvf -",
-        saved.display()
-    ));
+    let listing = sh(&format!("tar -xOf {} --wildcards '*/layer.tar' | tar -tvf -", saved.display()));
     let entries: Vec<&str> = listing.lines().collect();
     assert_eq!(entries.len(), 1, "the image holds only the binary:\n{listing}");
     assert!(entries[0].starts_with("-rwxr-xr-x") && entries[0].ends_with(" image-preloader"), "{listing}");
