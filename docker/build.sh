@@ -75,9 +75,15 @@ sed "s|^${from_stage}\$|COPY image-preloader /image-preloader|" "$context/final"
 rm "$context/final"
 
 say "docker build -t $image (classic builder, FROM scratch)"
+previous=$(docker image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
 DOCKER_BUILDKIT=0 docker build -q \
   --build-arg "VERSION=$version" --build-arg "REVISION=$revision" \
   -t "$image" "$context" >/dev/null
+# The image this tag replaced (another binary or revision) would linger untagged: remove it unless
+# something else still uses it.
+if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect --format '{{.Id}}' "$image")" ]; then
+  docker image rm "$previous" >/dev/null 2>&1 || true
+fi
 
 bytes=$(docker image inspect --format '{{.Size}}' "$image")
 binary_bytes=$(wc -c <"$binary")
