@@ -88,7 +88,13 @@ fn image_is_small_labelled_and_holds_only_the_static_binary() {
     let dir = tempfile::tempdir().unwrap();
     let saved = dir.path().join("image.tar");
     docker(&["save", "-o", saved.to_str().unwrap(), image]);
-    let listing = sh(&format!("tar -xOf {} --wildcards '*/layer.tar' | tar -tvf -", saved.display()));
+    // manifest.json names the layer files in both the legacy (`<id>/layer.tar`) and the OCI
+    // (`blobs/sha256/<hex>`, Docker 25+) save formats.
+    sh(&format!("tar -xf {} -C {}", saved.display(), dir.path().display()));
+    let manifest: Value = serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap())
+        .expect("manifest.json of the saved image");
+    let layer = dir.path().join(manifest[0]["Layers"][0].as_str().expect("a layer in manifest.json"));
+    let listing = sh(&format!("tar -tvf {}", layer.display()));
     let entries: Vec<&str> = listing.lines().collect();
     assert_eq!(entries.len(), 1, "the image holds only the binary:\n{listing}");
     assert!(entries[0].starts_with("-rwxr-xr-x") && entries[0].ends_with(" image-preloader"), "{listing}");
