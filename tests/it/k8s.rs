@@ -146,7 +146,6 @@ pub fn validate(what: &str, yaml: &str) {
 }
 
 /// The container image built by scripts/test.sh (docker/build.sh); fails with instructions if absent.
-#[allow(dead_code)] // used by the image tests
 pub fn test_image() -> &'static str {
     static IMAGE: OnceLock<Result<String, String>> = OnceLock::new();
     let result = IMAGE.get_or_init(|| {
