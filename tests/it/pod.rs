@@ -65,9 +65,12 @@ fn the_rendered_preloader_container_saves_the_listed_image_and_stops_cleanly_on_
             volumes.push((name, HostVolume::Dir(config.path())));
         } else if volume["hostPath"].is_mapping() {
             volumes.push((name, HostVolume::Dir(host.path())));
-        } else if dind["volumeMounts"].as_sequence().unwrap().iter().any(|m| {
-            m["name"].as_str() == Some(name) && m["mountPath"].as_str() == Some("/var/run")
-        }) {
+        } else if dind["volumeMounts"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"].as_str() == Some(name) && m["mountPath"].as_str() == Some("/var/run"))
+        {
             volumes.push((name, HostVolume::DockerSocketDir));
         }
     }
@@ -98,7 +101,10 @@ fn the_rendered_preloader_container_saves_the_listed_image_and_stops_cleanly_on_
     let took = stopping.elapsed();
     let (stdout, stderr) = running.collect();
     assert_eq!(status.code(), Some(0), "exit 0 on SIGTERM:\n{stdout}\n{stderr}");
-    assert!(took < Duration::from_secs(grace), "stopped within the grace period of {grace} s (took {took:?})");
+    assert!(
+        took < Duration::from_secs(grace),
+        "stopped within the grace period of {grace} s (took {took:?})"
+    );
     assert!(stderr.contains("shutting down"), "{stderr}");
     pushed.assert_loads_and_runs(&archive);
 }
