@@ -135,7 +135,10 @@ impl TestImage {
         dockerfile.push_str("CMD [\"/bin/busybox\", \"cat\", \"/marker\"]\n");
         std::fs::write(context.path().join("Dockerfile"), dockerfile).unwrap();
 
-        docker(&["build", "-q", "-t", &reference, context.path().to_str().unwrap()]);
+        // No build cache: with the legacy builder, cached steps are untagged parent images shared
+        // between test images, and removing one test's image (in parallel) can prune a parent
+        // another build is about to use ("unknown parent image ID").
+        docker(&["build", "-q", "--no-cache", "-t", &reference, context.path().to_str().unwrap()]);
         let id = docker(&["image", "inspect", "--format", "{{.Id}}", &reference]);
         docker(&["push", "-q", &reference]);
         let repo_digest = docker(&["image", "inspect", "--format", "{{index .RepoDigests 0}}", &reference]);
