@@ -64,7 +64,7 @@ Runs image-preloader against the seed chart's `docker pull` + `docker save -o` s
 and prints a Markdown table of medians (results also in bench/results/).
 
 Options:
-  --quick               small workloads (W1 4x32 MiB, W2 8x16 MiB, W3 20 images), 2 rounds
+  --quick               small workloads (W1 4x32 MiB, W2 8x16 MiB), 2 rounds, 
   --rounds N            rounds per workload (default 3; --quick 2)
   --only LIST           workloads to run, comma-separated: W1,W2,W3 (default all)
   --contenders LIST     comma-separated: seed,warm,warm-rebuild,skopeo (default all;
@@ -112,7 +112,7 @@ if [ "$QUICK" = 1 ]; then
   ROUNDS=${ROUNDS:-2}
   W1_LAYERS=4 W1_LAYER_MIB=32
   W2_IMAGES=8 W2_LAYERS=2 W2_LAYER_MIB=8
-  W3_IMAGES=20 W3_KIB=256
+  W3_IMAGES=50 W3_KIB=256
 else
   MODE=full
   ROUNDS=${ROUNDS:-3}
@@ -166,7 +166,8 @@ gen_random() { # seed bytes out
   local hex
   hex=$(printf '%s' "$1" | sha256sum | cut -c1-64)
   if command -v openssl >/dev/null; then
-    openssl enc -aes-128-ctr -nosalt -K "${hex:0:32}" -iv "${hex:32:32}" -in /dev/zero 2>/dev/null |
+    # openssl stops on SIGPIPE when head has enough: not an error.
+    { openssl enc -aes-128-ctr -nosalt -K "${hex:0:32}" -iv "${hex:32:32}" -in /dev/zero 2>/dev/null || true; } |
       head -c "$2" >"$3"
   else
     python3 - "$1" "$2" "$3" <<'PY'
@@ -224,8 +225,9 @@ ensure_image() { # ref layer...
     printf 'COPY layer%d /data/layer%d\n' "$i" "$i" >>"$ctx/Dockerfile"
     i=$((i + 1))
   done
-  DOCKER_BUILDKIT=0 docker build -q -t "$ref" "$ctx" >/dev/null
-  docker push -q "$ref" >/dev/null
+  local log="$WORK/logs/build.log"
+  DOCKER_BUILDKIT=0 docker build -q -t "$ref" "$ctx" >"$log" 2>&1 || { cat "$log" >&2; die "docker build $ref failed"; }
+  docker push -q "$ref" >"$log" 2>&1 || { cat "$log" >&2; die "docker push $ref failed"; }
   docker rmi -f "$ref" >/dev/null
   rm -rf "$ctx"
   printf '%s\n%s\n' "$key" "$(manifest_digest "$ref")" >"$keyfile"
@@ -404,7 +406,7 @@ OUT="$RESULTS/$STAMP-$MODE"
 export BENCH_MODE=$MODE BENCH_ROUNDS=$ROUNDS BENCH_STAMP=$STAMP
 export BENCH_W1="${W1_LAYERS}x${W1_LAYER_MIB} MiB" BENCH_W2="${W2_IMAGES} images x ${W2_LAYERS}x${W2_LAYER_MIB} MiB"
 export BENCH_W3="${W3_IMAGES} images x ${W3_KIB} KiB"
-export BENCH_NPROC=$(nproc) BENCH_MEM=$(awk '/MemTotal/ {print $2 * 1024}' /proc/meminfo)
+export BENCH_NPROC=$(nproc) BENCH_MEM=$(awk '/MemTotal/ {printf "%.0f", $2 * 1024}' /proc/meminfo)
 export BENCH_KERNEL=$(uname -r) BENCH_CPU=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
 export BENCH_DOCKER=$(docker version --format '{{.Server.Version}}' 2>/dev/null || echo unknown)
 export BENCH_DRIVER=$(docker info --format '{{.Driver}}' 2>/dev/null || echo unknown)
