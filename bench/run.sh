@@ -64,7 +64,7 @@ Runs image-preloader against the seed chart's `docker pull` + `docker save -o` s
 and prints a Markdown table of medians (results also in bench/results/).
 
 Options:
-  --quick               small workloads (W1 4x32 MiB, W2 8x16 MiB), 2 rounds, 
+  --quick               small workloads (W1 4x32 MiB, W2 8 images of 16 MiB), 2 rounds
   --rounds N            rounds per workload (default 3; --quick 2)
   --only LIST           workloads to run, comma-separated: W1,W2,W3 (default all)
   --contenders LIST     comma-separated: seed,warm,warm-rebuild,skopeo (default all;
