@@ -14,7 +14,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
 use tokio::sync::mpsc;
@@ -32,8 +32,12 @@ pub const TEMP_SUFFIX: &str = ".image-preloader-partial";
 /// Start asynchronous write-back every this many bytes, so the final fsync has little left to do
 /// and a large export does not pile up dirty pages on the node.
 const WRITEBACK_STEP: u64 = 16 << 20;
-/// Chunks buffered between the network and the disk writer.
+/// Batches buffered between the network and the disk writer.
 const CHANNEL_CHUNKS: usize = 8;
+/// The export arrives in small HTTP chunks (about 20 KiB); they are gathered into batches of this
+/// size before crossing to the writer thread, so a 1 GiB image costs about 4,000 writes and thread
+/// wake-ups instead of 50,000. Memory stays bounded: at most `CHANNEL_CHUNKS + 1` batches.
+const BATCH_BYTES: usize = 256 << 10;
 /// Archive files are readable by the runner pods that load them.
 const ARCHIVE_MODE: u32 = 0o644;
 
@@ -410,7 +414,7 @@ impl ArchiveWriter {
                 }
             }
         });
-        ArchiveSink { tx, task }
+        ArchiveSink { tx, task, pending: BytesMut::new() }
     }
 }
 
@@ -451,18 +455,35 @@ enum Message {
 pub struct ArchiveSink {
     tx: mpsc::Sender<Message>,
     task: JoinHandle<Result<Published, ArchiveError>>,
+    /// Bytes gathered for the next batch.
+    pending: BytesMut,
 }
 
 impl ArchiveSink {
-    /// Sends the next chunk. On error the writer has stopped: call [`ArchiveSink::commit`] or
-    /// [`ArchiveSink::abandon`] to learn why.
-    pub async fn send(&self, chunk: Bytes) -> Result<(), ()> {
-        self.tx.send(Message::Data(chunk)).await.map_err(drop)
+    /// Sends the next chunk (batched, see [`BATCH_BYTES`]). On error the writer has stopped: call
+    /// [`ArchiveSink::commit`] or [`ArchiveSink::abandon`] to learn why.
+    pub async fn send(&mut self, chunk: Bytes) -> Result<(), ()> {
+        if self.pending.is_empty() && chunk.len() >= BATCH_BYTES {
+            return self.tx.send(Message::Data(chunk)).await.map_err(drop);
+        }
+        if self.pending.capacity() == 0 {
+            self.pending.reserve(BATCH_BYTES);
+        }
+        self.pending.extend_from_slice(&chunk);
+        if self.pending.len() >= BATCH_BYTES {
+            let batch = self.pending.split().freeze();
+            self.tx.send(Message::Data(batch)).await.map_err(drop)?;
+        }
+        Ok(())
     }
 
     /// Ends the stream and publishes the archive with its record.
-    pub async fn commit(self, draft: RecordDraft) -> Result<Published, ArchiveError> {
+    pub async fn commit(mut self, draft: RecordDraft) -> Result<Published, ArchiveError> {
         // If the writer already stopped, its result says why.
+        if !self.pending.is_empty() {
+            let batch = self.pending.split().freeze();
+            let _ = self.tx.send(Message::Data(batch)).await;
+        }
         let _ = self.tx.send(Message::Commit(draft)).await;
         drop(self.tx);
         join(self.task).await
@@ -583,7 +604,7 @@ mod tests {
     async fn sink_abandon_removes_the_temporary() {
         let dir = tempfile::tempdir().unwrap();
         let store = ArchiveStore::new(dir.path());
-        let sink = store.create(Path::new("a_1.tar")).unwrap().spawn();
+        let mut sink = store.create(Path::new("a_1.tar")).unwrap().spawn();
         sink.send(Bytes::from(image_tar()[..1000].to_vec())).await.unwrap();
         assert!(sink.abandon().await.is_none());
         assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
@@ -593,7 +614,7 @@ mod tests {
     async fn sink_commit_publishes() {
         let dir = tempfile::tempdir().unwrap();
         let store = ArchiveStore::new(dir.path());
-        let sink = store.create(Path::new("a_1.tar")).unwrap().spawn();
+        let mut sink = store.create(Path::new("a_1.tar")).unwrap().spawn();
         for chunk in image_tar().chunks(100) {
             sink.send(Bytes::copy_from_slice(chunk)).await.unwrap();
         }

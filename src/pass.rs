@@ -345,7 +345,7 @@ impl<S: ImageSource> Preloader<S> {
         }
 
         let started = Instant::now();
-        let sink = self.store.create(&image.archive).map_err(Failure::from_archive)?.spawn();
+        let mut sink = self.store.create(&image.archive).map_err(Failure::from_archive)?.spawn();
         let mut export = self.source.export(&image.reference);
         loop {
             enum Next {
