@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_yaml_ng::Value;
 
 use crate::k8s::{self, HostVolume};
-use crate::support::{BIN, TestImage, docker, docker_quiet, preloader, run, snapshot, unique};
+use crate::support::{BIN, TestImage, docker, preloader, run, snapshot, unique};
 
 const GUIDE: &str = "docs/gha-runner-scale-set.md";
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -181,15 +181,6 @@ fn the_seed_file_names_in_the_guide_are_what_path_prints() {
     assert_eq!(documented, printed, "imageTarFiles in {GUIDE} match `{BIN} path`");
 }
 
-/// Removes the named container when the test ends.
-struct Container(String);
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        docker_quiet(&["rm", "-f", &self.0]);
-    }
-}
-
 #[test]
 fn the_documented_init_container_loads_the_node_archives_into_the_pods_daemon() {
     let image = k8s::test_image();
@@ -215,7 +206,7 @@ fn the_documented_init_container_loads_the_node_archives_into_the_pods_daemon() 
     let values = runner_values();
     let loader = k8s::container(pod_spec(&values), "preload-images");
     let name = unique("ipt-docs-loader");
-    let _container = Container(name.clone());
+    let _container = k8s::ContainerGuard(name.clone());
     let out = run(
         k8s::docker_run(
             loader,

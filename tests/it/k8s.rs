@@ -261,3 +261,12 @@ pub fn docker_run(spec: &Value, image: &str, name: &str, volumes: &[(&str, HostV
     }
     cmd
 }
+
+/// Removes the named container when the test ends (pass or fail).
+pub struct ContainerGuard(pub String);
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        crate::support::docker_quiet(&["rm", "-f", &self.0]);
+    }
+}

@@ -10,18 +10,9 @@ use std::time::{Duration, Instant};
 use serde_yaml_ng::Value;
 
 use crate::k8s::{self, HostVolume};
-use crate::support::{Running, TestImage, docker_quiet, preloader, run, unique};
+use crate::support::{Running, TestImage, preloader, run, unique};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Removes the named container when the test ends.
-struct Container(String);
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        docker_quiet(&["rm", "-f", &self.0]);
-    }
-}
 
 /// Writes a rendered ConfigMap's files into `dir`, as the kubelet projects them.
 fn project(config_map: &Value, dir: &Path) {
@@ -78,7 +69,7 @@ fn the_rendered_preloader_container_saves_the_listed_image_and_stops_cleanly_on_
     assert!(listed.lines().any(|l| l.trim() == pushed.reference), "{listed}");
 
     let name = unique("ipt-pod");
-    let _container = Container(name.clone());
+    let _container = k8s::ContainerGuard(name.clone());
     let mut running = Running::spawn(k8s::docker_run(container, image, &name, &volumes));
 
     // The archive appears under the name `path` promises.
