@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_yaml_ng::Value;
 
-use crate::k8s::{self, container, documents, helm_template, of_kind, only, render};
+use crate::k8s::{self, container, documents, helm_template, mount, of_kind, only, render, volume};
 use crate::support::{self, Running, TestImage, unique};
 
 /// The scenario values files every CI run must cover (more may exist; all are checked).
@@ -58,44 +58,17 @@ fn dind_args(ds: &Value) -> Vec<String> {
     strings(&container(pod_spec(ds), "dind")["args"])
 }
 
-fn mount<'a>(c: &'a Value, volume: &str) -> &'a Value {
-    c["volumeMounts"]
-        .as_sequence()
-        .and_then(|ms| ms.iter().find(|m| m["name"].as_str() == Some(volume)))
-        .unwrap_or_else(|| panic!("no mount of {volume} in {c:?}"))
-}
-
-fn volume<'a>(spec: &'a Value, name: &str) -> &'a Value {
-    spec["volumes"]
-        .as_sequence()
-        .and_then(|vs| vs.iter().find(|v| v["name"].as_str() == Some(name)))
-        .unwrap_or_else(|| panic!("no volume {name} in {spec:?}"))
-}
-
 fn daemonset<'a>(docs: &'a [Value], name: &str) -> &'a Value {
-    of_kind(docs, "DaemonSet")
-        .into_iter()
-        .find(|d| d["metadata"]["name"].as_str() == Some(name))
-        .unwrap_or_else(|| panic!("no DaemonSet {name}"))
+    k8s::named(docs, "DaemonSet", name)
 }
 
 fn config_map<'a>(docs: &'a [Value], name: &str) -> &'a Value {
-    of_kind(docs, "ConfigMap")
-        .into_iter()
-        .find(|d| d["metadata"]["name"].as_str() == Some(name))
-        .unwrap_or_else(|| panic!("no ConfigMap {name}"))
+    k8s::named(docs, "ConfigMap", name)
 }
 
-/// The references of a rendered images.txt (comments and blank lines dropped).
+/// The references of a rendered ConfigMap's images.txt.
 fn listed(cm: &Value) -> Vec<String> {
-    cm["data"]["images.txt"]
-        .as_str()
-        .expect("images.txt in the ConfigMap")
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_owned)
-        .collect()
+    k8s::listed(cm["data"]["images.txt"].as_str().expect("images.txt in the ConfigMap"))
 }
 
 fn checksum(ds: &Value) -> String {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_yaml_ng::Value;
 
-use crate::k8s::{self, HostVolume};
+use crate::k8s::{self, HostVolume, mount, volume};
 use crate::support::{BIN, TestImage, docker, preloader, run, snapshot, unique};
 
 const GUIDE: &str = "docs/gha-runner-scale-set.md";
@@ -48,24 +48,6 @@ fn pod_spec(values: &Value) -> &Value {
 
 fn names(list: &Value) -> Vec<&str> {
     list.as_sequence().expect("a list").iter().map(|c| c["name"].as_str().unwrap()).collect()
-}
-
-fn volume<'a>(spec: &'a Value, name: &str) -> &'a Value {
-    spec["volumes"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"].as_str() == Some(name))
-        .unwrap_or_else(|| panic!("no volume {name}"))
-}
-
-fn mount<'a>(container: &'a Value, volume: &str) -> &'a Value {
-    container["volumeMounts"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"].as_str() == Some(volume))
-        .unwrap_or_else(|| panic!("{} does not mount {volume}", container["name"].as_str().unwrap()))
 }
 
 /// The value of `--flag=value` or `--flag value` in the container's args.
@@ -150,16 +132,11 @@ fn the_documented_config_map_is_the_one_the_chart_renders_for_that_release() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let text = k8s::helm_template_as("image-preloader", &args).expect("the chart renders");
     let docs = k8s::documents(&text);
-    let map = k8s::of_kind(&docs, "ConfigMap")
-        .into_iter()
-        .find(|m| m["metadata"]["name"].as_str() == Some(name))
-        .unwrap_or_else(|| panic!("release image-preloader renders no ConfigMap named {name}"));
+    let map = k8s::named(&docs, "ConfigMap", name);
     let loader = k8s::container(spec, "preload-images");
     let file = Path::new(flag(loader, "--images-file").unwrap()).file_name().unwrap().to_str().unwrap();
     let listed = map["data"][file].as_str().unwrap_or_else(|| panic!("ConfigMap {name} has no key {file}"));
-    let listed: Vec<&str> =
-        listed.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
-    assert_eq!(listed, images, "the runner side reads the list the DaemonSet saves");
+    assert_eq!(k8s::listed(listed), images, "the runner side reads the list the DaemonSet saves");
 }
 
 #[test]

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::k8s::test_image;
-use crate::support::{TestImage, docker, docker_quiet, files, run, unique};
+use crate::k8s::{ContainerGuard, docker_socket, test_image};
+use crate::support::{TestImage, docker, files, run, unique};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 const MAX_SIZE: u64 = 20 * 1024 * 1024;
@@ -25,37 +25,14 @@ fn inspect(image: &str) -> Value {
     all[0].clone()
 }
 
-/// The host's Docker socket, which the containers get bind-mounted at the default path.
-fn host_socket() -> String {
-    match std::env::var("DOCKER_HOST") {
-        Ok(host) if !host.is_empty() => match host.strip_prefix("unix://") {
-            Some(path) => path.to_owned(),
-            None => panic!("these tests bind-mount the daemon's unix socket; DOCKER_HOST={host} is not one"),
-        },
-        _ => "/var/run/docker.sock".to_owned(),
-    }
-}
-
 /// A `docker run --rm --name <unique>` of the image with `options` before the image and `args`
-/// after it; the container is removed even if the test fails or times out.
-struct Container {
-    name: String,
-}
-
-impl Container {
-    fn run(options: &[&str], args: &[&str]) -> (Container, crate::support::Finished) {
-        let container = Container { name: unique("ipt-image") };
-        let mut cmd = Command::new("docker");
-        cmd.args(["run", "--rm", "--name", &container.name]).args(options).arg(test_image()).args(args);
-        let finished = run(cmd, TIMEOUT);
-        (container, finished)
-    }
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        docker_quiet(&["rm", "-f", &self.name]);
-    }
+/// after it; the guard removes the container even if the test fails or times out.
+fn run_image(options: &[&str], args: &[&str]) -> (ContainerGuard, crate::support::Finished) {
+    let guard = ContainerGuard(unique("ipt-image"));
+    let mut cmd = Command::new("docker");
+    cmd.args(["run", "--rm", "--name", &guard.0]).args(options).arg(test_image()).args(args);
+    let finished = run(cmd, TIMEOUT);
+    (guard, finished)
 }
 
 #[test]
@@ -102,7 +79,7 @@ fn image_is_small_labelled_and_holds_only_the_static_binary() {
 
 #[test]
 fn version_runs_in_the_image() {
-    let (_c, out) = Container::run(&["--network", "none"], &["--version"]);
+    let (_c, out) = run_image(&["--network", "none"], &["--version"]);
     out.assert_code(0);
     assert_eq!(out.stdout.trim(), format!("image-preloader {VERSION}"));
 }
@@ -110,11 +87,11 @@ fn version_runs_in_the_image() {
 #[test]
 fn runs_under_a_non_root_uid_with_a_read_only_root() {
     let locked = ["--user", NON_ROOT, "--read-only", "--network", "none", "--cap-drop", "ALL"];
-    let (_c, out) = Container::run(&locked, &["--version"]);
+    let (_c, out) = run_image(&locked, &["--version"]);
     out.assert_code(0);
     assert_eq!(out.stdout.trim(), format!("image-preloader {VERSION}"));
 
-    let (_c, out) = Container::run(&locked, &["path", "registry.local:5000/team/app:2.0", "nginx"]);
+    let (_c, out) = run_image(&locked, &["path", "registry.local:5000/team/app:2.0", "nginx"]);
     out.assert_code(0);
     assert_eq!(out.stdout, "team/app_2.0.tar\nnginx_latest.tar\n");
 }
@@ -123,16 +100,16 @@ fn runs_under_a_non_root_uid_with_a_read_only_root() {
 fn warms_as_a_non_root_uid_given_the_socket_group_and_a_writable_directory() {
     let name = unique("image-nonroot");
     let pushed = TestImage::push(&format!("ipt/{name}"), "1.0");
-    let socket = host_socket();
+    let socket = docker_socket();
     let socket_gid = std::fs::metadata(&socket).expect("the daemon's socket").gid().to_string();
     let dir = tempfile::tempdir().unwrap();
     let (uid, gid) = NON_ROOT.split_once(':').unwrap();
     std::os::unix::fs::chown(dir.path(), Some(uid.parse().unwrap()), Some(gid.parse().unwrap()))
         .expect("chown the archive directory (these tests run as root, as scripts/test.sh does)");
 
-    let socket_mount = format!("{socket}:/var/run/docker.sock");
+    let socket_mount = format!("{}:/var/run/docker.sock", socket.display());
     let dir_mount = format!("{}:{IMAGES_DIR}", dir.path().display());
-    let (_c, out) = Container::run(
+    let (_c, out) = run_image(
         &[
             "--user",
             NON_ROOT,
@@ -162,10 +139,10 @@ fn warms_into_the_mounted_directory_with_a_read_only_root_and_no_network() {
     let name = unique("image-warm");
     let pushed = TestImage::push(&format!("ipt/{name}"), "1.0");
     let dir = tempfile::tempdir().unwrap();
-    let socket_mount = format!("{}:/var/run/docker.sock", host_socket());
+    let socket_mount = format!("{}:/var/run/docker.sock", docker_socket().display());
     let dir_mount = format!("{}:{IMAGES_DIR}", dir.path().display());
     // Default user (root), default --dir; the daemon pulls, the container itself has no network.
-    let (_c, out) = Container::run(
+    let (_c, out) = run_image(
         &["--read-only", "--network", "none", "-v", &socket_mount, "-v", &dir_mount],
         &["warm", &pushed.reference],
     );

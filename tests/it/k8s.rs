@@ -88,6 +88,35 @@ pub fn only<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
     found[0]
 }
 
+/// The object of a kind with the given name; panics when there is none.
+pub fn named<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    of_kind(docs, kind)
+        .into_iter()
+        .find(|d| d["metadata"]["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("no {kind} named {name}"))
+}
+
+/// A pod spec's volume by name.
+pub fn volume<'a>(spec: &'a Value, name: &str) -> &'a Value {
+    spec["volumes"]
+        .as_sequence()
+        .and_then(|vs| vs.iter().find(|v| v["name"].as_str() == Some(name)))
+        .unwrap_or_else(|| panic!("no volume {name} in {spec:?}"))
+}
+
+/// A container's mount of the named volume.
+pub fn mount<'a>(container: &'a Value, volume: &str) -> &'a Value {
+    container["volumeMounts"]
+        .as_sequence()
+        .and_then(|ms| ms.iter().find(|m| m["name"].as_str() == Some(volume)))
+        .unwrap_or_else(|| panic!("no mount of {volume} in {container:?}"))
+}
+
+/// The references of an image list file's text (comments and blank lines dropped).
+pub fn listed(text: &str) -> Vec<String> {
+    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect()
+}
+
 /// A container (or init container) of a pod spec by name.
 pub fn container<'a>(pod_spec: &'a Value, name: &str) -> &'a Value {
     for list in ["containers", "initContainers"] {
@@ -113,12 +142,9 @@ pub fn kubernetes_versions() -> Vec<String> {
         // The help text lists the known versions; take the highest 1.x.y it mentions.
         let mut best: Option<(u32, u32, u32)> = None;
         for word in help.split(|c: char| !(c.is_ascii_digit() || c == '.')) {
-            let parts: Vec<u32> = word.split('.').filter_map(|p| p.parse().ok()).collect();
-            if parts.len() == 3 && parts[0] == 1 && word.split('.').count() == 3 {
-                let v = (parts[0], parts[1], parts[2]);
-                if best.is_none_or(|b| v > b) {
-                    best = Some(v);
-                }
+            let parts: Option<Vec<u32>> = word.split('.').map(|p| p.parse().ok()).collect();
+            if let Some(&[1, minor, patch]) = parts.as_deref() {
+                best = best.max(Some((1, minor, patch)));
             }
         }
         let (a, b, c) = best.expect("kubernetes-validate --help lists Kubernetes versions");

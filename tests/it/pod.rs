@@ -48,11 +48,7 @@ fn the_rendered_preloader_container_saves_the_listed_image_and_stops_cleanly_on_
     for volume in pod["volumes"].as_sequence().unwrap() {
         let name = volume["name"].as_str().unwrap();
         if let Some(map) = volume["configMap"]["name"].as_str() {
-            let rendered = k8s::of_kind(&docs, "ConfigMap")
-                .into_iter()
-                .find(|m| m["metadata"]["name"].as_str() == Some(map))
-                .unwrap_or_else(|| panic!("the pod mounts ConfigMap {map}, which the chart does not render"));
-            project(rendered, config.path());
+            project(k8s::named(&docs, "ConfigMap", map), config.path());
             volumes.push((name, HostVolume::Dir(config.path())));
         } else if volume["hostPath"].is_mapping() {
             volumes.push((name, HostVolume::Dir(host.path())));
