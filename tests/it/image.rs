@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::k8s::{ContainerGuard, docker_socket, test_image};
-use crate::support::{TestImage, docker, files, run, unique};
+use crate::support::{TEST_MIN_FREE, TestImage, docker, files, run, unique};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 const MAX_SIZE: u64 = 20 * 1024 * 1024;
@@ -30,7 +30,11 @@ fn inspect(image: &str) -> Value {
 fn run_image(options: &[&str], args: &[&str]) -> (ContainerGuard, crate::support::Finished) {
     let guard = ContainerGuard(unique("ipt-image"));
     let mut cmd = Command::new("docker");
-    cmd.args(["run", "--rm", "--name", &guard.0]).args(options).arg(test_image()).args(args);
+    cmd.args(["run", "--rm", "--name", &guard.0])
+        .args(["--env", &format!("IMAGE_PRELOADER_MIN_FREE={TEST_MIN_FREE}")])
+        .args(options)
+        .arg(test_image())
+        .args(args);
     let finished = run(cmd, TIMEOUT);
     (guard, finished)
 }

@@ -185,7 +185,13 @@ impl Drop for TestImage {
     }
 }
 
-/// A command for the binary, isolated from the caller's `IMAGE_PRELOADER_*` settings.
+/// The `--min-free` floor every test run of the binary gets unless it sets its own. The default
+/// (10% of the file system) depends on the machine: on a host whose disk is over 90% full it would
+/// refuse every build. Tests of the guard itself pass their own floor.
+pub const TEST_MIN_FREE: &str = "256MiB";
+
+/// A command for the binary, isolated from the caller's `IMAGE_PRELOADER_*` settings, with the
+/// [`TEST_MIN_FREE`] floor.
 pub fn preloader(args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
     for (key, _) in std::env::vars() {
@@ -193,6 +199,7 @@ pub fn preloader(args: &[&str]) -> Command {
             cmd.env_remove(key);
         }
     }
+    cmd.env("IMAGE_PRELOADER_MIN_FREE", TEST_MIN_FREE);
     cmd.args(args);
     cmd
 }
