@@ -124,9 +124,11 @@ ensure_musl_target() {
 }
 
 # The container image the image, pod and docs tests run: docker/build.sh offline. build.sh always
-# names it image-preloader:<TAG>, so the tests are told exactly that name.
-export IMAGE_PRELOADER_TEST_IMAGE=image-preloader:test
+# names it image-preloader:<TAG>, so the tests are told exactly that name. Two checkouts sharing one
+# daemon set IMAGE_PRELOADER_TEST_TAG to keep their images apart (default: test).
+IMAGE_PRELOADER_TEST_TAG=${IMAGE_PRELOADER_TEST_TAG:-test}
+export IMAGE_PRELOADER_TEST_IMAGE=image-preloader:$IMAGE_PRELOADER_TEST_TAG
 build_test_image() {
   step "building the container image $IMAGE_PRELOADER_TEST_IMAGE (docker/build.sh)"
-  "$ROOT/docker/build.sh" test >&2
+  "$ROOT/docker/build.sh" "$IMAGE_PRELOADER_TEST_TAG" >&2
 }
