@@ -1,6 +1,8 @@
-//! The runner-side values in docs/gha-runner-scale-set.md stay valid and do what they say: they are
-//! checked against the Kubernetes schema, matched against the chart and the naming rules, and the
-//! documented init container is run with the built image the way the pod runs it.
+//! The runner-side values in docs/gha-runner-scale-set.md stay valid and do what they say: for each
+//! runner chart (ARC's classic and experimental charts, the fork with `preloadImages`) the runner
+//! pod is built from the documented values the way that chart version builds it and validated
+//! against the Kubernetes schema; the values are matched against our chart and the naming rules,
+//! and the documented init container is run with the built image the way the pod runs it.
 
 use std::path::Path;
 use std::time::Duration;
@@ -28,9 +30,25 @@ fn block_after(text: &str, marker: &str) -> String {
     body[..=close].to_owned()
 }
 
-/// The ARC values documented for the runner scale set.
+/// The documented values in the block after `marker`.
+fn values(marker: &str) -> Value {
+    serde_yaml_ng::from_str(&block_after(&guide(), marker))
+        .unwrap_or_else(|e| panic!("the values after {marker:?} are not YAML: {e}"))
+}
+
+/// The values documented for ARC's classic gha-runner-scale-set chart.
 fn runner_values() -> Value {
-    serde_yaml_ng::from_str(&block_after(&guide(), "<!-- test: runner-values")).expect("the values are YAML")
+    values("<!-- test: runner-values")
+}
+
+/// The values documented for ARC's gha-runner-scale-set-experimental chart.
+fn experimental_values() -> Value {
+    values("<!-- test: experimental-values")
+}
+
+/// The values documented for the fork with `preloadImages`.
+fn fork_values() -> Value {
+    values("<!-- test: fork-values")
 }
 
 /// The image list of the documented preloader values (the heredoc in the install step).
@@ -47,7 +65,24 @@ fn pod_spec(values: &Value) -> &Value {
 }
 
 fn names(list: &Value) -> Vec<&str> {
-    list.as_sequence().expect("a list").iter().map(|c| c["name"].as_str().unwrap()).collect()
+    list.as_sequence().map(|l| l.iter().map(|c| c["name"].as_str().unwrap()).collect()).unwrap_or_default()
+}
+
+fn seq(items: Vec<Value>) -> Value {
+    Value::Sequence(items)
+}
+
+fn items(list: &Value) -> Vec<Value> {
+    list.as_sequence().cloned().unwrap_or_default()
+}
+
+fn yaml(text: &str) -> Value {
+    serde_yaml_ng::from_str(text).unwrap()
+}
+
+/// An emptyDir volume.
+fn empty_dir(name: &str) -> Value {
+    yaml(&format!("name: {name}\nemptyDir: {{}}\n"))
 }
 
 /// The value of `--flag=value` or `--flag value` in the container's args.
@@ -65,39 +100,150 @@ fn flag<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
     })
 }
 
-#[test]
-fn runner_values_form_a_valid_pod_with_the_loader_between_dind_and_the_runner() {
-    let values = runner_values();
-    assert!(values.get("containerMode").is_none(), "containerMode must stay unset with a custom dind layout");
-    let spec = pod_spec(&values).clone();
+/// The controller's service account as the documented install command names it:
+/// `<release>-gha-rs-controller` in the release's namespace (gha-runner-scale-set-controller 0.14.2).
+fn documented_controller() -> (String, String) {
+    let command = block_after(&guide(), "<!-- test: controller-install").replace("\\\n", " ");
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "install").expect("helm install");
+    let release = words[at + 1];
+    assert!(words[at + 2].ends_with("/gha-runner-scale-set-controller"), "{command}");
+    let namespace = words[words.iter().position(|w| *w == "--namespace").expect("--namespace") + 1];
+    (format!("{release}-gha-rs-controller"), namespace.to_owned())
+}
 
-    let mut pod: Value =
-        serde_yaml_ng::from_str("apiVersion: v1\nkind: Pod\nmetadata:\n  name: runner\n").unwrap();
+/// Both names are set (no lookup in the cluster while rendering) and are the documented controller's.
+fn assert_controller(values: &Value, what: &str) {
+    let (name, namespace) = documented_controller();
+    let account = &values["controllerServiceAccount"];
+    assert_eq!(account["name"].as_str(), Some(name.as_str()), "{what}: controllerServiceAccount.name");
+    assert_eq!(
+        account["namespace"].as_str(),
+        Some(namespace.as_str()),
+        "{what}: controllerServiceAccount.namespace"
+    );
+}
+
+/// A pod with this spec, validated strictly for every Kubernetes version of the tests.
+fn validate_pod(what: &str, spec: &Value) {
+    let mut pod = yaml("apiVersion: v1\nkind: Pod\nmetadata:\n  name: runner\n");
     pod["spec"] = spec.clone();
-    let pod = serde_yaml_ng::to_string(&pod).unwrap();
-    k8s::validate("the runner pod of docs/gha-runner-scale-set.md", &pod);
+    k8s::validate(what, &serde_yaml_ng::to_string(&pod).unwrap());
+}
 
+/// The runner pod of gha-runner-scale-set 0.14.2 with `containerMode` unset: `template.spec` as
+/// given, plus the restart policy and service account the chart sets.
+fn classic_pod(values: &Value) -> Value {
+    let mut spec = pod_spec(values).clone();
+    if spec["restartPolicy"].is_null() {
+        spec["restartPolicy"] = "Never".into();
+    }
+    spec["serviceAccountName"] = "arc-runner-set-gha-rs-no-permission".into();
+    spec
+}
+
+/// The runner pod of gha-runner-scale-set-experimental 0.14.2 with `runner.mode` empty: the user's
+/// init containers as given; the `runner` container from `runner.container`, then the user's
+/// containers; and, once any volume is listed, the chart's `work` and `dind-sock` emptyDirs (and
+/// `dind-externals` while `runner.dind.copyRunnerExternals` is not false) before the user's volumes.
+fn experimental_pod(values: &Value) -> Value {
+    let runner = &values["runner"];
+    let user = &runner["pod"]["spec"];
+    let mut spec = yaml("serviceAccountName: arc-runner-set-no-permission\n");
+    if let Some(fields) = user.as_mapping() {
+        for (key, value) in fields {
+            if !["containers", "initContainers", "volumes", "serviceAccountName"]
+                .contains(&key.as_str().unwrap())
+            {
+                spec[key.as_str().unwrap()] = value.clone();
+            }
+        }
+    }
+    if !items(&user["initContainers"]).is_empty() {
+        spec["initContainers"] = user["initContainers"].clone();
+    }
+    let mut container = yaml("name: runner\n");
+    for (key, value) in runner["container"].as_mapping().expect("runner.container") {
+        container[key.as_str().unwrap()] = value.clone();
+    }
+    let mut containers = vec![container];
+    containers.extend(items(&user["containers"]));
+    spec["containers"] = seq(containers);
+    let listed = items(&user["volumes"]);
+    if !listed.is_empty() {
+        let mut volumes = vec![empty_dir("work"), empty_dir("dind-sock")];
+        if runner["dind"]["copyRunnerExternals"].as_bool() != Some(false) {
+            volumes.push(empty_dir("dind-externals"));
+        }
+        volumes.extend(listed);
+        spec["volumes"] = seq(volumes);
+    }
+    spec
+}
+
+/// The runner pod of the fork's gha-runner-scale-set 0.15.12 in `containerMode.type: dind` with
+/// `preloadImages` off: ARC's dind layout (its `init-dind-externals` and `dind` sidecar, as the
+/// classic values spell them out, with the daemon image from the `dind` entry of
+/// `template.spec.containers`; the fork adds a few dockerd flags and a longer probe, which change
+/// nothing here), then the user's init containers; the runner with the socket and
+/// work mounts the chart adds; ARC's `dind-sock`, `dind-externals` and `work` volumes, then the
+/// user's other volumes.
+fn fork_pod(values: &Value) -> Value {
+    let classic = runner_values();
+    let layout = pod_spec(&classic);
+    let user = pod_spec(values);
+    let mut dind = k8s::container(layout, "dind").clone();
+    dind["image"] = k8s::container(user, "dind")["image"].clone();
+    let mut init = vec![k8s::container(layout, "init-dind-externals").clone(), dind];
+    init.extend(items(&user["initContainers"]));
+    let mut runner = k8s::container(user, "runner").clone();
+    runner["env"] = yaml(
+        "- name: DOCKER_HOST\n  value: unix:///var/run/docker.sock\n\
+         - name: RUNNER_WAIT_FOR_DOCKER_IN_SECONDS\n  value: \"120\"\n",
+    );
+    runner["volumeMounts"] =
+        yaml("- name: work\n  mountPath: /home/runner/_work\n- name: dind-sock\n  mountPath: /var/run\n");
+    let mut containers = vec![runner];
+    containers.extend(
+        items(&user["containers"])
+            .into_iter()
+            .filter(|c| !["runner", "dind"].contains(&c["name"].as_str().unwrap())),
+    );
+    let mut volumes = vec![empty_dir("dind-sock"), empty_dir("dind-externals"), empty_dir("work")];
+    volumes.extend(items(&user["volumes"]).into_iter().filter(|v| v["name"].as_str() != Some("work")));
+    let mut spec = yaml("restartPolicy: Never\nserviceAccountName: arc-runner-set-gha-rs-no-permission\n");
+    spec["initContainers"] = seq(init);
+    spec["containers"] = seq(containers);
+    spec["volumes"] = seq(volumes);
+    spec
+}
+
+/// What every documented runner pod must hold: dind as a native sidecar with a startup probe, then
+/// the loader (no shell, no privileges, the hostPath read-only, the socket and the list mounted),
+/// then the runner.
+fn assert_runner_pod(what: &str, spec: &Value) {
+    validate_pod(what, spec);
     let init = names(&spec["initContainers"]);
     let dind = init.iter().position(|n| *n == "dind").expect("a dind init container");
     let load = init.iter().position(|n| *n == "preload-images").expect("a preload-images init container");
-    assert!(dind < load, "dind starts before the loader: {init:?}");
-    assert_eq!(names(&spec["containers"]), ["runner"]);
+    assert!(dind < load, "{what}: dind starts before the loader: {init:?}");
+    assert_eq!(names(&spec["containers"]), ["runner"], "{what}");
 
-    let dind = k8s::container(&spec, "dind");
-    assert_eq!(dind["restartPolicy"].as_str(), Some("Always"), "dind is a native sidecar");
+    let dind = k8s::container(spec, "dind");
+    assert_eq!(dind["restartPolicy"].as_str(), Some("Always"), "{what}: dind is a native sidecar");
     assert!(
         dind["startupProbe"]["exec"]["command"].is_sequence(),
-        "the next init container waits for docker"
+        "{what}: the next init container waits for docker"
     );
     assert_eq!(mount(dind, "dind-sock")["mountPath"].as_str(), Some("/var/run"));
 
-    let loader = k8s::container(&spec, "preload-images");
-    assert!(loader["restartPolicy"].is_null(), "the loader is an init container that finishes");
+    let loader = k8s::container(spec, "preload-images");
+    assert!(loader["restartPolicy"].is_null(), "{what}: the loader is an init container that finishes");
     assert!(loader["image"].as_str().unwrap().starts_with("ghcr.io/image-preloader/image-preloader:"));
     assert_eq!(
         loader["image"].as_str().unwrap().rsplit(':').next(),
         Some(env!("CARGO_PKG_VERSION")),
-        "the documented image tag is the current release"
+        "{what}: the documented image tag is the current release"
     );
     assert_eq!(loader["args"][0].as_str(), Some("load"));
     assert!(loader["command"].is_null(), "no shell: the image's entrypoint runs");
@@ -109,13 +255,84 @@ fn runner_values_form_a_valid_pod_with_the_loader_between_dind_and_the_runner() 
     let archives = mount(loader, "preloaded-images");
     assert_eq!(archives["mountPath"].as_str(), Some(dir));
     assert_eq!(archives["readOnly"].as_bool(), Some(true), "the hostPath is mounted read-only");
-    let host = volume(&spec, "preloaded-images");
+    let host = volume(spec, "preloaded-images");
     assert_eq!(host["hostPath"]["path"].as_str(), Some("/opt/runner/images"), "the chart's default hostPath");
     assert_eq!(mount(loader, "dind-sock")["mountPath"].as_str(), Some("/var/run"));
     assert_eq!(flag(loader, "--docker-host"), Some("unix:///var/run/docker.sock"));
     let list = flag(loader, "--images-file").expect("--images-file");
     let list_dir = mount(loader, "preload-list")["mountPath"].as_str().unwrap();
     assert_eq!(Path::new(list).parent(), Some(Path::new(list_dir)));
+
+    let runner = k8s::container(spec, "runner");
+    assert_eq!(
+        mount(runner, "dind-sock")["mountPath"].as_str(),
+        Some("/var/run"),
+        "{what}: the runner's socket"
+    );
+}
+
+#[test]
+fn classic_chart_values_form_a_valid_pod_with_the_loader_between_dind_and_the_runner() {
+    let values = runner_values();
+    assert!(
+        values.get("containerMode").is_none(),
+        "containerMode must stay unset: the chart would add a second dind layout"
+    );
+    assert_controller(&values, "classic chart");
+    assert_runner_pod("the runner pod of the classic chart", &classic_pod(&values));
+}
+
+#[test]
+fn experimental_chart_values_put_the_loader_after_their_own_dind() {
+    let values = experimental_values();
+    // runner.mode: dind would place the loader before the chart's dind sidecar.
+    assert_eq!(values["runner"]["mode"].as_str().unwrap_or(""), "", "runner.mode stays empty");
+    assert!(values["auth"]["url"].as_str().is_some_and(|u| u.starts_with("https://")), "auth.url");
+    assert!(
+        values["githubConfigUrl"].is_null() && values["template"].is_null(),
+        "no keys of the classic chart"
+    );
+    assert_controller(&values, "experimental chart");
+    let user = &values["runner"]["pod"]["spec"];
+    for generated in ["work", "dind-sock", "dind-externals"] {
+        assert!(
+            !names(&user["volumes"]).contains(&generated),
+            "the experimental chart adds {generated} itself; listing it duplicates it"
+        );
+    }
+    let spec = experimental_pod(&values);
+    assert_runner_pod("the runner pod of the experimental chart", &spec);
+    let classic = runner_values();
+    assert_eq!(
+        k8s::container(&spec, "preload-images"),
+        k8s::container(pod_spec(&classic), "preload-images"),
+        "one loader for both charts"
+    );
+    assert_eq!(volume(&spec, "preload-list"), volume(pod_spec(&classic), "preload-list"));
+}
+
+#[test]
+fn fork_values_replace_its_loop_with_the_loader_after_its_dind() {
+    let values = fork_values();
+    assert_eq!(values["containerMode"]["type"].as_str(), Some("dind"), "the fork's dind layout");
+    assert_eq!(values["preloadImages"]["enabled"].as_bool(), Some(false), "the fork's loop is off");
+    assert_controller(&values, "the fork");
+    let user = pod_spec(&values);
+    assert!(k8s::container(user, "dind")["image"].is_string(), "the fork takes dind's image from this entry");
+    for generated in ["init-dind-externals", "dind"] {
+        assert!(!names(&user["initContainers"]).contains(&generated), "the fork adds {generated} itself");
+    }
+    for generated in ["dind-sock", "dind-externals"] {
+        assert!(!names(&user["volumes"]).contains(&generated), "the fork adds {generated} itself");
+    }
+    let spec = fork_pod(&values);
+    assert_runner_pod("the runner pod of the fork", &spec);
+    let classic = runner_values();
+    assert_eq!(
+        k8s::container(&spec, "preload-images"),
+        k8s::container(pod_spec(&classic), "preload-images"),
+        "the same loader as for ARC's charts"
+    );
 }
 
 #[test]
@@ -140,9 +357,10 @@ fn the_documented_config_map_is_the_one_the_chart_renders_for_that_release() {
 }
 
 #[test]
-fn the_seed_file_names_in_the_guide_are_what_path_prints() {
+fn the_fork_file_names_in_the_guide_are_what_path_prints() {
     let text = guide();
-    let seed: Value = serde_yaml_ng::from_str(&block_after(&text, "## Charts that carry the seed")).unwrap();
+    let seed: Value =
+        serde_yaml_ng::from_str(&block_after(&text, "## Coming from a fork with preloadImages")).unwrap();
     let documented: Vec<&str> = seed["preloadImages"]["imageTarFiles"]
         .as_sequence()
         .unwrap()
