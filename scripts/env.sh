@@ -5,6 +5,13 @@
 STATE="$ROOT/target/test-env"
 mkdir -p "$STATE"
 export IMAGE_PRELOADER_TEST_REGISTRY="${IMAGE_PRELOADER_TEST_REGISTRY:-127.0.0.1:5000}"
+# A second registry that requires a password (htpasswd). Its address, user and password are fixed,
+# so any checkout's tests can use the one already running; tests/it/support.rs has the same values.
+export IMAGE_PRELOADER_TEST_AUTH_REGISTRY="${IMAGE_PRELOADER_TEST_AUTH_REGISTRY:-127.0.0.1:5001}"
+AUTH_REGISTRY_USER=preloader
+AUTH_REGISTRY_PASSWORD='pre?load>er~secret'
+# Its data lives outside any checkout, since it outlives the checkout that started it.
+AUTH_REGISTRY_STATE=/var/tmp/image-preloader-test/auth-registry
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -23,6 +30,7 @@ ensure_packages() {
   dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
   [ -x /usr/bin/time ] || missing+=(time)
   command -v curl >/dev/null || missing+=(curl)
+  command -v htpasswd >/dev/null || missing+=(apache2-utils)
   if [ "${#missing[@]}" -gt 0 ]; then
     step "installing ${missing[*]}"
     as_root apt-get update -q >/dev/null
@@ -69,6 +77,47 @@ EOF
   done
   tail -n 30 "$STATE/registry.log" >&2 || true
   die "the registry did not start on $addr within 30 s"
+}
+
+# The password-protected registry on $IMAGE_PRELOADER_TEST_AUTH_REGISTRY (distribution's htpasswd
+# auth), started if nothing answers there; a registry already answering must accept the fixed user.
+auth_registry_status() {
+  curl -s -o /dev/null -w '%{http_code}' "$@" "http://$IMAGE_PRELOADER_TEST_AUTH_REGISTRY/v2/" 2>/dev/null
+}
+ensure_auth_registry() {
+  local addr=$IMAGE_PRELOADER_TEST_AUTH_REGISTRY state=$AUTH_REGISTRY_STATE
+  if [ "$(auth_registry_status)" != 000 ]; then
+    [ "$(auth_registry_status)" = 401 ] \
+      && [ "$(auth_registry_status -u "$AUTH_REGISTRY_USER:$AUTH_REGISTRY_PASSWORD")" = 200 ] \
+      || die "something answers at $addr but is not the tests' password-protected registry"
+    return
+  fi
+  step "starting a password-protected registry on $addr (log: $state/registry.log)"
+  mkdir -p "$state/data"
+  htpasswd -Bbn "$AUTH_REGISTRY_USER" "$AUTH_REGISTRY_PASSWORD" >"$state/htpasswd"
+  cat >"$state/registry.yml" <<YAML
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $state/data
+  delete:
+    enabled: true
+auth:
+  htpasswd:
+    realm: image-preloader-test
+    path: $state/htpasswd
+http:
+  addr: $addr
+YAML
+  nohup docker-registry serve "$state/registry.yml" >"$state/registry.log" 2>&1 &
+  for _ in $(seq 1 60); do
+    if [ "$(auth_registry_status)" = 401 ]; then return; fi
+    sleep 0.5
+  done
+  tail -n 30 "$state/registry.log" >&2 || true
+  die "the password-protected registry did not start on $addr within 30 s"
 }
 
 # Tools cached under target/tools (reruns are fast); its bin/ goes first on PATH.

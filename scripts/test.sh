@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The test command. On a fresh machine it installs what the tests need, starts a Docker daemon and a
-# registry on 127.0.0.1 when none answers, fetches helm and kubernetes-validate, builds the container
-# image offline (docker/build.sh), then runs formatting and lint checks and every test.
+# The test command. On a fresh machine it installs what the tests need, starts a Docker daemon and
+# registries on 127.0.0.1 (an open one and a password-protected one) when none answers, fetches helm
+# and kubernetes-validate, builds the container image offline (docker/build.sh), then runs
+# formatting and lint checks and every test.
 #
 #   scripts/test.sh              # everything
 #   scripts/test.sh -- FILTER    # only tests whose name contains FILTER (after the checks)
@@ -9,6 +10,8 @@
 # Services it starts keep running afterwards (reruns are fast); their logs and data live under
 # target/test-env/. Environment:
 #   IMAGE_PRELOADER_TEST_REGISTRY  registry address for the tests (default 127.0.0.1:5000)
+#   IMAGE_PRELOADER_TEST_AUTH_REGISTRY  the password-protected one (default 127.0.0.1:5001; data in
+#                                  /var/tmp/image-preloader-test/auth-registry)
 #   DOCKER_HOST                    daemon for the tests (default unix:///var/run/docker.sock)
 set -euo pipefail
 
@@ -26,6 +29,7 @@ fi
 ensure_packages
 ensure_dockerd
 ensure_registry
+ensure_auth_registry
 ensure_helm
 ensure_kubernetes_validate
 ensure_musl_target

@@ -9,6 +9,7 @@
 //!   the record beside each archive, one writer per archive, the disk guard;
 //! - [`prune`], [`verify`]: removing unlisted archives, checking archives against records;
 //! - [`source`], [`docker`]: where images come from;
+//! - [`registry`], [`platform`]: registry hosts and credentials, image platforms;
 //! - [`pass`], [`cycle`], [`load`], [`app`]: one pass, the `run` loop, loading archives into a
 //!   daemon, the commands.
 
@@ -26,10 +27,12 @@ pub mod lock;
 pub mod logging;
 pub mod naming;
 pub mod pass;
+pub mod platform;
 pub mod policy;
 pub mod prune;
 pub mod record;
 pub mod reference;
+pub mod registry;
 pub mod schedule;
 pub mod source;
 pub mod space;
