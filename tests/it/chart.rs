@@ -20,6 +20,7 @@ const SCENARIOS: &[&str] = &[
     "airgapped-values.yaml",
     "pools-only-values.yaml",
     "emptydir-size-values.yaml",
+    "registry-auth-values.yaml",
 ];
 
 fn scenario(name: &str) -> String {
@@ -791,4 +792,114 @@ fn has_record(archive: &Path) -> bool {
     let mut record = archive.as_os_str().to_owned();
     record.push(".json");
     archive.is_file() && Path::new(&record).is_file()
+}
+
+#[test]
+fn registry_auth_mounts_the_secret_read_only_per_pool() {
+    let docs = render_scenario("registry-auth-values.yaml");
+    let auth_dir = "/etc/image-preloader-registry-auth";
+    // The default DaemonSet: the global Secret, its default key, read-only, passed by path.
+    let main = daemonset(&docs, "preload-image-preloader");
+    assert_eq!(
+        flag(&preloader_args(main), "--docker-config"),
+        Some(format!("{auth_dir}/config.json").as_str())
+    );
+    assert_eq!(
+        volume(pod_spec(main), "registry-auth")["secret"],
+        yaml("{secretName: ghcr-pull, items: [{key: .dockerconfigjson, path: config.json}]}")
+    );
+    let mounted = mount(container(pod_spec(main), "preloader"), "registry-auth");
+    assert_eq!(mounted["mountPath"].as_str(), Some(auth_dir));
+    assert_eq!(mounted["readOnly"].as_bool(), Some(true));
+    assert!(mounted["subPath"].is_null(), "a subPath mount would never see a rotated Secret");
+    let dind = container(pod_spec(main), "dind");
+    assert!(
+        !dind["volumeMounts"].as_sequence().unwrap().iter().any(|m| m["name"] == "registry-auth"),
+        "dind gets no credentials of its own"
+    );
+    // A pool with its own Secret and key.
+    let nvcr = daemonset(&docs, "preload-image-preloader-nvcr");
+    assert_eq!(
+        volume(pod_spec(nvcr), "registry-auth")["secret"],
+        yaml("{secretName: nvcr-pull, items: [{key: config.json, path: config.json}]}")
+    );
+    assert_eq!(
+        flag(&preloader_args(nvcr), "--docker-config"),
+        Some(format!("{auth_dir}/config.json").as_str())
+    );
+    // A pool that turns it off: no flag, no volume, no mount.
+    let public = daemonset(&docs, "preload-image-preloader-public");
+    assert_eq!(flag(&preloader_args(public), "--docker-config"), None);
+    let spec = pod_spec(public);
+    assert!(!spec["volumes"].as_sequence().unwrap().iter().any(|v| v["name"] == "registry-auth"));
+    assert!(
+        !container(spec, "preloader")["volumeMounts"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "registry-auth")
+    );
+    // Without registryAuth (the default) nothing changes.
+    let plain = render(&["--set", "images={nginx}"]);
+    assert_eq!(flag(&preloader_args(only(&plain, "DaemonSet")), "--docker-config"), None);
+    // A pool without its own registryAuth inherits the global one.
+    let docs = render(&[
+        "--set",
+        "registryAuth.existingSecret=shared",
+        "--set-json",
+        r#"pools=[{"name":"p","images":["x"]}]"#,
+    ]);
+    let ds = only(&docs, "DaemonSet");
+    assert_eq!(volume(pod_spec(ds), "registry-auth")["secret"]["secretName"].as_str(), Some("shared"));
+    // Turning it on rolls the pods (the arguments change).
+    let base = checksum(only(&render(&["--set", "images={nginx}"]), "DaemonSet"));
+    let with =
+        checksum(only(&render(&["--set", "images={nginx},registryAuth.existingSecret=s"]), "DaemonSet"));
+    assert_ne!(base, with);
+}
+
+#[test]
+fn images_accept_a_reference_or_image_and_platform() {
+    let docs = render_scenario("registry-auth-values.yaml");
+    assert_eq!(
+        listed(config_map(&docs, "preload-image-preloader")),
+        [
+            "ghcr.io/example-org/ci-runner:2.4.1",
+            "ghcr.io/example-org/ci-runner:2.4.1 platform=linux/arm64",
+            "busybox:1.36",
+        ]
+    );
+    assert_eq!(
+        listed(config_map(&docs, "preload-image-preloader-public")),
+        ["nginx:1.27 platform=linux/arm/v7"]
+    );
+
+    let bad: &[(&str, &str)] = &[
+        (r#"images=[{"image":"nginx","platform":"arm64"}]"#, "platform"),
+        (r#"images=[{"image":"nginx","platform":"linux/arm64 x"}]"#, "platform"),
+        (r#"images=[{"platform":"linux/arm64"}]"#, "image"),
+        (r#"images=[{"image":"nginx","arch":"arm64"}]"#, "arch"),
+        (r#"images=[{"image":"nginx platform=linux/arm64"}]"#, "image"),
+        (r#"registryAuth={"secret":"x"}"#, "secret"),
+        (r#"registryAuth={"existingSecret":"Bad_Name"}"#, "existingSecret"),
+        (r#"pools=[{"name":"p","images":["x"],"registryAuth":{"existingSecret":1}}]"#, "existingSecret"),
+    ];
+    for (json, mention) in bad {
+        match helm_template(&["--set-json", json]) {
+            Ok(out) => panic!("helm template --set-json {json} was accepted:\n{out}"),
+            Err(e) => assert!(e.contains(mention), "--set-json {json} failed without naming {mention}: {e}"),
+        }
+    }
+    // The install notes show a `path` command that works for the first entry as written.
+    let chart = k8s::chart_dir();
+    let out = helm(&[
+        "install",
+        "preload",
+        chart.to_str().unwrap(),
+        "--dry-run=client",
+        "--set-json",
+        r#"images=[{"image":"nginx:1.27","platform":"linux/arm64"}]"#,
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(" path 'nginx:1.27 platform=linux/arm64'"), "{text}");
 }

@@ -63,12 +63,12 @@ Create the name of the service account to use
 
 {{/*
 The DaemonSets to render, as YAML `{sets: [...]}`: the top-level `images` (pool "default", named
-fullname) when not empty, then one per entry of `pools`, whose nodeSelector, tolerations, affinity
-and resources replace the global ones when the pool sets them.
+fullname) when not empty, then one per entry of `pools`, whose nodeSelector, tolerations, affinity,
+resources and registryAuth replace the global ones when the pool sets them.
 */}}
 {{- define "image-preloader.daemonSets" -}}
 {{- $fullname := include "image-preloader.fullname" . }}
-{{- $keys := list "nodeSelector" "tolerations" "affinity" "resources" }}
+{{- $keys := list "nodeSelector" "tolerations" "affinity" "resources" "registryAuth" }}
 {{- $sets := list }}
 {{- if .Values.images }}
 {{- $set := dict "name" $fullname "pool" "default" "images" .Values.images }}
@@ -163,6 +163,29 @@ The preloader's arguments (the image's ENTRYPOINT is the binary): `image-preload
 {{- end }}
 
 {{/*
+One `images` entry as a line of images.txt: a reference, or `{image, platform}` as
+`REF platform=OS/ARCH[/VARIANT]`.
+*/}}
+{{- define "image-preloader.entry" -}}
+{{- if kindIs "map" . }}{{ .image }}{{ with .platform }} platform={{ . }}{{ end }}{{ else }}{{ . }}{{ end }}
+{{- end }}
+
+{{/*
+Where the registryAuth Secret's config file is mounted in the preloader container.
+*/}}
+{{- define "image-preloader.registryAuthDir" -}}/etc/image-preloader-registry-auth{{- end }}
+
+{{/*
+The arguments one DaemonSet adds to the shared ones; argument: a daemonSets entry.
+*/}}
+{{- define "image-preloader.setArgs" -}}
+{{- if (.registryAuth | default dict).existingSecret }}
+- --docker-config
+- {{ printf "%s/config.json" (include "image-preloader.registryAuthDir" .) | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
 The dind daemon's arguments (the dind image's entrypoint starts dockerd from them).
 */}}
 {{- define "image-preloader.dockerdArgs" -}}
@@ -191,9 +214,9 @@ metadata:
     {{- include "image-preloader.setLabels" . | nindent 4 }}
 data:
   images.txt: |
-    # Images archived by the DaemonSet {{ .set.name }}, one reference per line.
+    # Images archived by the DaemonSet {{ .set.name }}, one per line: REF [platform=OS/ARCH[/VARIANT]].
     {{- range .set.images }}
-    {{ . }}
+    {{ include "image-preloader.entry" . }}
     {{- end }}
 {{- end }}
 
