@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::space::MinFree;
+use crate::store::space::MinFree;
 
 /// Default archive directory (the seed chart's `hostPath`).
 pub const DEFAULT_DIR: &str = "/opt/runner/images";

@@ -4,11 +4,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::{CliCommand, DaemonArgs, ImagesArgs, LoadArgs, PreloadArgs, RefreshPolicyArg};
-use crate::docker::{self, DockerError};
-use crate::images::{self, ImageListError, ImageSpec};
-use crate::pass::Settings;
-use crate::policy::{MaxAge, RefreshPolicy};
-use crate::space::MinFree;
+use crate::daemon::{self, DockerError};
+use crate::image::list::{self, ImageListError, ImageSpec};
+use crate::preload::pass::Settings;
+use crate::preload::policy::{MaxAge, RefreshPolicy};
+use crate::store::space::MinFree;
 
 /// Docker's default socket.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -138,7 +138,7 @@ impl TryFrom<CliCommand> for Config {
 }
 
 fn image_list(args: &ImagesArgs) -> Result<Vec<ImageSpec>, ConfigError> {
-    let list = images::load(&args.images, args.images_file.as_deref())?;
+    let list = list::load(&args.images, args.images_file.as_deref())?;
     for (origin, reference) in &list.duplicates {
         tracing::warn!("{origin}: {reference} names an image already listed; ignored");
     }
@@ -150,7 +150,7 @@ fn image_list(args: &ImagesArgs) -> Result<Vec<ImageSpec>, ConfigError> {
 
 /// For `path`: every reference is answered, in order, even if several share an archive.
 fn path_list(args: &ImagesArgs) -> Result<Vec<ImageSpec>, ConfigError> {
-    let parsed = images::parse_all(images::entries(&args.images, args.images_file.as_deref())?)?;
+    let parsed = list::parse_all(list::entries(&args.images, args.images_file.as_deref())?)?;
     if parsed.is_empty() {
         return Err(ConfigError::NoImages);
     }
@@ -164,7 +164,7 @@ fn docker_host(args: &DaemonArgs) -> Result<String, ConfigError> {
         .clone()
         .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
         .unwrap_or_else(|| DEFAULT_DOCKER_HOST.to_owned());
-    docker::validate_host(&host)?;
+    daemon::validate_host(&host)?;
     Ok(host)
 }
 
@@ -177,7 +177,7 @@ fn load_config(args: LoadArgs) -> Result<LoadConfig, ConfigError> {
             return Err(ConfigError::ArchivePath(archive.clone()));
         }
     }
-    let parsed = images::parse_all(images::entries(&args.images, args.images_file.as_deref())?)?;
+    let parsed = list::parse_all(list::entries(&args.images, args.images_file.as_deref())?)?;
     let mut images: Vec<ImageSpec> = Vec::new();
     for (_, _, spec) in parsed {
         if !images.iter().any(|known| known.archive == spec.archive) {

@@ -1,43 +1,32 @@
 //! image-preloader keeps a node-local directory of `docker save` archives fresh, so CI runners
 //! `docker load` their images instead of pulling them on every pod start.
 //!
-//! The pieces, from pure to effectful:
-//! - [`reference`], [`naming`], [`images`], [`policy`], [`schedule`]: parsing, archive names, refresh and retry
-//!   decisions;
-//! - [`tar`], [`layout`]: streaming checks that an export is a complete image archive;
-//! - [`archive`], [`record`], [`lock`], [`space`]: the archive directory, atomic publication,
-//!   the record beside each archive, one writer per archive, the disk guard;
-//! - [`prune`], [`verify`]: removing unlisted archives, checking archives against records;
-//! - [`source`], [`docker`]: where images come from;
-//! - [`registry`], [`platform`]: registry hosts and credentials, image platforms;
-//! - [`pass`], [`cycle`], [`load`], [`app`]: one pass, the `run` loop, loading archives into a
-//!   daemon, the commands.
+//! The modules, from pure to effectful (each only uses those above it):
+//! - [`human`], [`image`]: formatting; references, archive names and the image list;
+//! - [`platform`], [`registry`]: image platforms; registry hosts and Docker config credentials;
+//! - [`format`]: the `docker save` archive format: streaming tar scanner and layout checks;
+//! - [`store`]: the archive directory: names, records, locks, the one publish path, the disk
+//!   guard, prune and verify;
+//! - [`daemon`]: a Docker daemon: waiting, connecting, presence checks and `load`;
+//! - [`source`]: where images come from (the [`source::ImageSource`] interface, the source chosen
+//!   at run time, a daemon as a source);
+//! - [`preload`]: deciding, one pass, the `run` loop and its status feed;
+//! - [`cli`], [`config`], [`logging`], [`app`]: the command line, validated configuration,
+//!   logging and the commands wired together.
 
 pub mod app;
-pub mod archive;
 pub mod cli;
 pub mod config;
-pub mod cycle;
-pub mod docker;
+pub mod daemon;
+pub mod format;
 pub mod human;
-pub mod images;
-pub mod layout;
-pub mod load;
-pub mod lock;
+pub mod image;
 pub mod logging;
-pub mod naming;
-pub mod pass;
 pub mod platform;
-pub mod policy;
-pub mod prune;
-pub mod record;
-pub mod reference;
+pub mod preload;
 pub mod registry;
-pub mod schedule;
 pub mod source;
-pub mod space;
-pub mod tar;
-pub mod verify;
+pub mod store;
 
 pub use app::{AppError, Exit, execute};
 pub use config::Config;

@@ -31,8 +31,9 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> anyhow::Result<Exit> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One async thread: the work is I/O-bound and file-system work runs on blocking threads; a
+    // multi-threaded scheduler only adds wake-ups between workers for every chunk of an export.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

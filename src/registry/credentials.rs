@@ -441,7 +441,7 @@ impl fmt::Display for Lookup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reference::Reference;
+    use crate::image::reference::Reference;
 
     const PASSWORD: &str = "pa55:w?rd>~";
 

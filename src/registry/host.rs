@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use crate::reference::Reference;
+use crate::image::reference::Reference;
 
 /// Docker Hub's registry name in references.
 pub const DOCKER_HUB: &str = "docker.io";

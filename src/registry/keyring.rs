@@ -139,7 +139,7 @@ mod tests {
     use base64::engine::general_purpose::STANDARD;
 
     use super::*;
-    use crate::reference::Reference;
+    use crate::image::reference::Reference;
 
     fn registry(reference: &str) -> RegistryHost {
         RegistryHost::of(&Reference::parse(reference).unwrap())

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use crate::support::{
-    DAY, Running, TestImage, files, preloader, temporaries, unique, wait_for_partial, write_aged,
+    DAY, Running, TestImage, files, preloader, read_record, run, temporaries, unique, wait_for_partial,
+    write_aged,
 };
 
 /// Large enough that the save takes a while after the first bytes land.
@@ -72,4 +73,64 @@ fn sigint_interrupts_warm_with_exit_130() {
     let (_, stderr) = running.collect();
     assert_eq!(status.code(), Some(130), "{stderr}");
     assert!(files(dir.path()).is_empty(), "{:?}", files(dir.path()));
+}
+
+/// `warm` of `reference` into `dir`, killed (SIGKILL, by fault injection) at `point` of the publish.
+fn warm_killed_at(point: &str, dir: &std::path::Path, extra: &[&str], reference: &str) {
+    let mut args = vec!["warm", "--dir", dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.push(reference);
+    let mut cmd = preloader(&args);
+    cmd.env("IMAGE_PRELOADER_FAULT", point);
+    let out = run(cmd, Duration::from_secs(120));
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGKILL), "killed at {point}: {}", out.stderr);
+}
+
+#[test]
+fn killed_before_the_rename_the_next_pass_rebuilds_instead_of_trusting_the_old_archive() {
+    let name = unique("prename");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let old = TestImage::push(&format!("ipt/{name}"), "1");
+    run(preloader(&["warm", "--dir", d, &old.reference]), Duration::from_secs(120)).assert_code(0);
+    let archive = dir.path().join(format!("ipt/{name}_1.tar"));
+    let old_bytes = std::fs::read(&archive).unwrap();
+
+    // The tag moves on; the rebuild is killed after the pending record, before the rename.
+    let new = TestImage::push(&format!("ipt/{name}"), "1");
+    warm_killed_at("publish-before-rename", dir.path(), &["--max-image-age", "0"], &new.reference);
+    assert_eq!(std::fs::read(&archive).unwrap(), old_bytes, "the old archive is intact");
+    assert_eq!(read_record(&archive)["pending"], true, "the record names the unpublished archive");
+
+    // The old archive is fresh by age: only the checksum shows it is not what the record says.
+    let out = run(preloader(&["warm", "--dir", d, &new.reference]), Duration::from_secs(120));
+    out.assert_code(0);
+    assert!(out.stderr.contains("does not match its record"), "{}", out.stderr);
+    assert!(out.stderr.contains("building"), "{}", out.stderr);
+    assert!(read_record(&archive).get("pending").is_none());
+    new.assert_loads_and_runs(&archive);
+    assert!(temporaries(dir.path()).is_empty(), "{:?}", files(dir.path()));
+}
+
+#[test]
+fn killed_after_the_rename_the_next_pass_confirms_the_new_archive_by_checksum() {
+    let name = unique("postname");
+    let dir = tempfile::tempdir().unwrap();
+    let image = TestImage::push(&format!("ipt/{name}"), "1");
+    warm_killed_at("publish-after-rename", dir.path(), &[], &image.reference);
+    let archive = dir.path().join(format!("ipt/{name}_1.tar"));
+    assert!(archive.is_file(), "renamed into place: {:?}", files(dir.path()));
+    assert_eq!(read_record(&archive)["pending"], true);
+
+    let out = run(
+        preloader(&["warm", "--dir", dir.path().to_str().unwrap(), &image.reference]),
+        Duration::from_secs(120),
+    );
+    out.assert_code(0);
+    assert!(out.stderr.contains("matches its record"), "{}", out.stderr);
+    assert!(!out.stderr.contains("building"), "kept, not rebuilt: {}", out.stderr);
+    let record = read_record(&archive);
+    assert!(record.get("pending").is_none() && record["mtime_ns"].is_u64(), "{record}");
+    image.assert_loads_and_runs(&archive);
 }

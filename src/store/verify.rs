@@ -7,9 +7,10 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::archive::{self, ArchiveError, ArchiveStore};
-use crate::lock::ArchiveLock;
-use crate::record::{Record, RecordError, record_path};
+use crate::store::check::check_file;
+use crate::store::names::record_path;
+use crate::store::record::{Record, RecordError};
+use crate::store::{ArchiveStore, StoreError, listing};
 
 /// What `verify` found for one archive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +27,8 @@ pub enum Finding {
     MissingArchive,
     /// Another process holds the archive's lock; not checked.
     Busy,
+    /// The file or its directory cannot be read.
+    Unreadable(String),
 }
 
 impl Finding {
@@ -43,6 +46,7 @@ impl Finding {
             Finding::Invalid(_) => "invalid",
             Finding::MissingArchive => "missing",
             Finding::Busy => "busy",
+            Finding::Unreadable(_) => "unreadable",
         }
     }
 }
@@ -58,6 +62,7 @@ impl fmt::Display for Finding {
                 f.write_str("a record without its archive (the next pass rebuilds it)")
             }
             Finding::Busy => f.write_str("being written by another process; not checked"),
+            Finding::Unreadable(why) => write!(f, "cannot be read: {why}"),
         }
     }
 }
@@ -77,31 +82,33 @@ impl VerifyReport {
 }
 
 /// Checks every archive in the store (blocking I/O: call from a blocking thread).
-pub fn verify(store: &ArchiveStore) -> Result<VerifyReport, ArchiveError> {
+pub fn verify(store: &ArchiveStore) -> VerifyReport {
     let mut report = VerifyReport::default();
-    let archives = store.archives()?;
-    for relative in &archives {
-        let finding = verify_one(store, relative)?;
+    let relative_to_root =
+        |path: &std::path::Path| path.strip_prefix(store.root()).unwrap_or(path).to_owned();
+    let archives = listing::archives(store.root());
+    for (path, why) in archives.unreadable {
+        report.findings.push((relative_to_root(&path), Finding::Unreadable(why)));
+    }
+    for relative in &archives.found {
+        let finding = verify_one(store, relative).unwrap_or_else(|e| Finding::Unreadable(e.to_string()));
         report.findings.push((relative.clone(), finding));
     }
-    for (relative, _) in store.recorded()? {
-        if !archives.contains(&relative) {
+    for (relative, _) in listing::recorded(store.root()).found {
+        if !archives.found.contains(&relative) {
             report.findings.push((relative, Finding::MissingArchive));
         }
     }
     report.findings.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(report)
+    report.findings.dedup();
+    report
 }
 
-fn verify_one(store: &ArchiveStore, relative: &std::path::Path) -> Result<Finding, ArchiveError> {
-    let path = store.path_of(relative);
-    let Some(_lock) = ArchiveLock::try_acquire(&path).map_err(|e| ArchiveError::Stat {
-        path: path.clone(),
-        source: std::io::Error::other(e.to_string()),
-    })?
-    else {
+fn verify_one(store: &ArchiveStore, relative: &std::path::Path) -> Result<Finding, StoreError> {
+    let Some(guard) = store.try_lock(relative)? else {
         return Ok(Finding::Busy);
     };
+    let path = guard.path().to_owned();
     let record = match Record::read(&path) {
         Ok(record) => record,
         Err(RecordError::Invalid { message, .. }) => {
@@ -112,7 +119,7 @@ fn verify_one(store: &ArchiveStore, relative: &std::path::Path) -> Result<Findin
         }
         Err(e) => return Err(e.into()),
     };
-    let check = archive::check_file(&path)?;
+    let check = check_file(&path)?;
     let Some(mut record) = record else {
         return Ok(match check.contents {
             Ok(_) => Finding::Unrecorded,

@@ -4,6 +4,8 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
+pub use crate::store::state::{ArchiveState, RecordState};
+
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The `--max-image-age` setting.
@@ -54,33 +56,6 @@ pub enum RefreshPolicy {
     Digest,
     /// Pull and save again (the seed chart's behaviour).
     Rebuild,
-}
-
-/// What is on disk for an archive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ArchiveState {
-    /// Modification time.
-    pub modified: SystemTime,
-    /// Size in bytes.
-    pub size: u64,
-}
-
-/// What the archive's record says, as far as the decision needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RecordState {
-    /// No record (an archive made by another tool or an older version).
-    Missing,
-    /// A readable record.
-    Present {
-        /// The size it promises.
-        size: u64,
-        /// The registry digest the archive was built from, if known.
-        repo_digest: Option<String>,
-        /// Why `verify` found the archive damaged, if it did.
-        damaged: Option<String>,
-    },
-    /// A record that cannot be read or parsed.
-    Unreadable(String),
 }
 
 /// Everything the decision depends on.

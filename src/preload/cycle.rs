@@ -13,9 +13,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::human;
-use crate::images::ImageSpec;
-use crate::pass::{Outcome, PassReport};
-use crate::schedule::Schedule;
+use crate::image::list::ImageSpec;
+use crate::preload::outcome::{Outcome, PassReport};
+use crate::preload::schedule::Schedule;
+use crate::preload::status::StatusFeed;
 
 /// Totals over the whole run, returned at shutdown.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -29,11 +30,13 @@ pub struct RunSummary {
 }
 
 /// Runs passes until `cancel` fires. `images` carries the list; sending a new list replaces it
-/// without a restart (images already known keep their schedule, new ones are due at once).
+/// without a restart (images already known keep their schedule, new ones are due at once). What
+/// the loop learns is published on `feed`.
 pub async fn run<F, Fut>(
     mut images: watch::Receiver<Vec<ImageSpec>>,
     interval: Duration,
     cancel: CancellationToken,
+    feed: StatusFeed,
     mut pass: F,
 ) -> RunSummary
 where
@@ -41,6 +44,7 @@ where
     Fut: Future<Output = PassReport>,
 {
     let mut list = images.borrow_and_update().clone();
+    feed.set_list(&list);
     let mut schedule: Schedule<PathBuf> =
         Schedule::new(list.iter().map(|i| i.archive.clone()), interval, Instant::now());
     let mut summary = RunSummary::default();
@@ -70,12 +74,14 @@ where
             }
             summary.built += report.built() as u64;
             summary.failures += report.failed() as u64;
+            feed.record_pass(summary.passes, &report);
             log_pass(summary.passes, &report, retry);
         }
         if cancel.is_cancelled() {
             break;
         }
 
+        feed.heartbeat();
         let next = schedule.next_due();
         if let Some(next) = next {
             info!("next check in {}", human::duration(next.saturating_duration_since(Instant::now())));
@@ -86,6 +92,7 @@ where
             changed = images.changed(), if list_open => match changed {
                 Ok(()) => {
                     list = images.borrow_and_update().clone();
+                    feed.set_list(&list);
                     schedule.replace(list.iter().map(|i| i.archive.clone()), Instant::now());
                     info!(images = list.len(), "image list replaced");
                 }
@@ -147,9 +154,9 @@ pub fn log_pass(number: u64, report: &PassReport, retry: Option<Duration>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pass::Failure;
-    use crate::policy::KeepReason;
-    use crate::reference::Reference;
+    use crate::image::reference::Reference;
+    use crate::preload::outcome::{Failure, FailureKind, Step};
+    use crate::preload::policy::KeepReason;
     use std::sync::{Arc, Mutex};
 
     const HOUR: Duration = Duration::from_secs(3600);
@@ -177,7 +184,7 @@ mod tests {
                 .map(|image| {
                     let outcome = if image.reference.to_string() == bad && failures_left > 0 {
                         failures_left -= 1;
-                        Outcome::Failed(Failure { step: crate::pass::Step::Pull, message: "boom".into() })
+                        Outcome::Failed(Failure::new(Step::Pull, FailureKind::Transient, "boom"))
                     } else {
                         Outcome::Kept(KeepReason::RefreshDisabled)
                     };
@@ -199,7 +206,8 @@ mod tests {
             tokio::time::sleep(HOUR * 2 + Duration::from_secs(1)).await;
             stopper.cancel();
         });
-        let summary = run(rx, HOUR, cancel, recording_pass(start, "bad:1", 3, log.clone())).await;
+        let summary =
+            run(rx, HOUR, cancel, StatusFeed::new(), recording_pass(start, "bad:1", 3, log.clone())).await;
 
         let calls = log.lock().unwrap().clone();
         let expected: Vec<(u64, Vec<String>)> = vec![
@@ -226,7 +234,7 @@ mod tests {
             stopper.cancel();
         });
         let log = Arc::new(Mutex::new(Vec::new()));
-        let summary = run(rx, HOUR, cancel, recording_pass(start, "", 0, log)).await;
+        let summary = run(rx, HOUR, cancel, StatusFeed::new(), recording_pass(start, "", 0, log)).await;
         assert_eq!(summary.passes, 1);
         assert_eq!(start.elapsed(), Duration::from_secs(5));
     }
@@ -244,7 +252,7 @@ mod tests {
             stopper.cancel();
         });
         let log = Arc::new(Mutex::new(Vec::new()));
-        run(rx, HOUR, cancel, recording_pass(start, "", 0, log.clone())).await;
+        run(rx, HOUR, cancel, StatusFeed::new(), recording_pass(start, "", 0, log.clone())).await;
         let calls = log.lock().unwrap().clone();
         assert_eq!(
             calls,

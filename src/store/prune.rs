@@ -11,21 +11,24 @@ use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
-use crate::archive::{ArchiveError, ArchiveStore};
-use crate::lock::ArchiveLock;
-use crate::record::record_path;
+use crate::store::names::record_path;
+use crate::store::{ArchiveStore, StoreError, listing};
 
-/// Removes the recorded archives (and their records and lock files) whose relative path is not in
-/// `wanted`. Returns the relative paths removed.
-pub fn prune(store: &ArchiveStore, wanted: &HashSet<PathBuf>) -> Result<Vec<PathBuf>, ArchiveError> {
+/// Removes the recorded archives (and their records) whose relative path is not in `wanted`
+/// (blocking I/O). Returns the relative paths removed; unreadable records and paths are logged and
+/// left alone, and the walk goes on.
+pub fn prune(store: &ArchiveStore, wanted: &HashSet<PathBuf>) -> Result<Vec<PathBuf>, StoreError> {
     let mut removed = Vec::new();
-    for (relative, record) in store.recorded()? {
+    let walk = listing::recorded(store.root());
+    for (path, why) in &walk.unreadable {
+        warn!(path = %path.display(), "not pruned: cannot read it: {why}");
+    }
+    for (relative, record) in walk.found {
         if wanted.contains(&relative) {
             continue;
         }
-        let archive = store.path_of(&relative);
-        let lock = match ArchiveLock::try_acquire(&archive) {
-            Ok(Some(lock)) => lock,
+        let guard = match store.try_lock(&relative) {
+            Ok(Some(guard)) => guard,
             Ok(None) => {
                 info!(archive = %relative.display(), "not pruned: another process is working on it");
                 continue;
@@ -35,14 +38,15 @@ pub fn prune(store: &ArchiveStore, wanted: &HashSet<PathBuf>) -> Result<Vec<Path
                 continue;
             }
         };
+        let archive = guard.path().to_owned();
         let failed = |path: &Path| {
             let path = path.to_owned();
-            move |source| ArchiveError::Cleanup { path, source }
+            move |source| StoreError::Cleanup { path, source }
         };
         remove_if_present(&archive).map_err(failed(&archive))?;
         let record_file = record_path(&archive);
         remove_if_present(&record_file).map_err(failed(&record_file))?;
-        drop(lock);
+        drop(guard);
         // Drop the `<user>/` directory if that was its last archive.
         if let Some(parent) = archive.parent()
             && parent != store.root()

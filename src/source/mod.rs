@@ -1,9 +1,13 @@
-//! Where images come from: the small interface the preload cycle needs.
+//! Where images come from: the small interface a preload pass needs, its typed errors, and
+//! [`Source`], the source chosen at run time.
 //!
-//! Today the only source is a Docker daemon ([`crate::docker::DockerDaemon`]), which pulls from the
-//! registry and exports a `docker save` archive. A daemonless source that reads registries directly
-//! fits behind the same calls: `pull` fetches manifests, `inspect` sums layer sizes,
-//! `remote_digest` is a manifest HEAD, `export` assembles the archive, `remove` does nothing.
+//! Today the one implementation is a Docker daemon ([`docker`]), which pulls from the registry and
+//! exports a `docker save` archive. A daemonless source that reads registries directly fits behind
+//! the same calls: `pull` fetches manifests, `inspect` sums layer sizes, `remote_digest` is a
+//! manifest HEAD, `export` assembles the archive, `remove` does nothing.
+
+pub mod docker;
+pub mod error;
 
 use std::fmt;
 use std::future::Future;
@@ -11,7 +15,10 @@ use std::future::Future;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 
-use crate::reference::Reference;
+pub use error::{ErrorKind, Operation, SourceError};
+
+use crate::daemon::DockerDaemon;
+use crate::image::reference::Reference;
 
 /// A source of image archives.
 pub trait ImageSource: Send + Sync {
@@ -31,6 +38,45 @@ pub trait ImageSource: Send + Sync {
     fn remove(&self, image: &Reference) -> impl Future<Output = Result<(), SourceError>> + Send;
 }
 
+/// The source a command uses, chosen at run time.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A Docker daemon pulls and exports.
+    Daemon(DockerDaemon),
+}
+
+impl ImageSource for Source {
+    async fn pull(&self, image: &Reference) -> Result<Pulled, SourceError> {
+        match self {
+            Source::Daemon(daemon) => daemon.pull(image).await,
+        }
+    }
+
+    async fn inspect(&self, image: &Reference) -> Result<ImageFacts, SourceError> {
+        match self {
+            Source::Daemon(daemon) => daemon.inspect(image).await,
+        }
+    }
+
+    async fn remote_digest(&self, image: &Reference) -> Result<String, SourceError> {
+        match self {
+            Source::Daemon(daemon) => daemon.remote_digest(image).await,
+        }
+    }
+
+    fn export(&self, image: &Reference) -> BoxStream<'static, Result<Bytes, SourceError>> {
+        match self {
+            Source::Daemon(daemon) => daemon.export(image),
+        }
+    }
+
+    async fn remove(&self, image: &Reference) -> Result<(), SourceError> {
+        match self {
+            Source::Daemon(daemon) => daemon.remove(image).await,
+        }
+    }
+}
+
 /// The result of a pull.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pulled {
@@ -45,8 +91,8 @@ pub struct Pulled {
 pub struct ImageFacts {
     /// The image ID.
     pub id: String,
-    /// Size of its content in bytes (about the size of its archive).
-    pub size: u64,
+    /// Size of its content in bytes (about the size of its archive), if the source knows it.
+    pub size: Option<u64>,
 }
 
 /// What a pull found.
@@ -68,23 +114,4 @@ impl fmt::Display for PullOutcome {
             PullOutcome::Unknown => "done",
         })
     }
-}
-
-/// A failure of the source, with the image and the source's own message.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SourceError {
-    #[error("pull of {image} failed: {message}")]
-    Pull { image: String, message: String },
-    #[error("tagging {image} failed: {message}")]
-    Tag { image: String, message: String },
-    #[error("inspecting {image} failed: {message}")]
-    Inspect { image: String, message: String },
-    #[error("asking the registry for the digest of {image} failed: {message}")]
-    Resolve { image: String, message: String },
-    #[error("export of {image} failed: {message}")]
-    Export { image: String, message: String },
-    #[error("removing {image} from the source failed: {message}")]
-    Remove { image: String, message: String },
-    #[error("loading {archive} failed: {message}")]
-    Load { archive: String, message: String },
 }

@@ -12,11 +12,11 @@ use futures_util::stream::{self, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::archive::{self, FileCheck};
-use crate::docker::DockerDaemon;
+use crate::daemon::DockerDaemon;
+use crate::format::layout::ArchiveContents;
 use crate::human;
-use crate::layout::ArchiveContents;
-use crate::record::{Record, RecordError};
+use crate::store::check::{FileCheck, check_file};
+use crate::store::record::{Record, RecordError};
 
 /// One archive to load.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,7 +141,7 @@ fn check(path: &Path) -> Result<(ArchiveContents, u64), String> {
             }
             Err(e) => return Err(e.to_string()),
         };
-        let file = archive::check_file(path).map_err(|e| e.to_string())?;
+        let file = check_file(path).map_err(|e| e.to_string())?;
         match compare(record.as_ref(), file) {
             Ok(ok) => return Ok(ok),
             Err(why) => last = why,

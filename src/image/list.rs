@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::naming::archive_path;
-use crate::reference::Reference;
+use crate::image::naming::archive_path;
+use crate::image::reference::Reference;
 
 /// One image to preload and where its archive goes.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,20 +1,19 @@
-//! The Docker daemon as an [`ImageSource`]: waiting for it, pulling, exporting.
+//! A Docker daemon: waiting for it, connecting, and the calls the `load` side makes (is an image
+//! present, stream an archive in). Its use as an image source is [`crate::source::docker`].
+
+pub mod load;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
-use bollard::query_parameters::{
-    CreateImageOptionsBuilder, ImportImageOptionsBuilder, RemoveImageOptionsBuilder, TagImageOptionsBuilder,
-};
+use bollard::query_parameters::ImportImageOptionsBuilder;
 use bytes::Bytes;
-use futures_util::stream::{BoxStream, StreamExt, TryStreamExt};
+use futures_util::stream::StreamExt;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::info;
 
-use crate::layout::ArchiveContents;
-use crate::reference::Reference;
-use crate::source::{ImageFacts, ImageSource, PullOutcome, Pulled, SourceError};
+use crate::format::layout::ArchiveContents;
 
 /// How long one connection attempt (ping, version negotiation) may take.
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
@@ -46,6 +45,34 @@ pub fn validate_host(host: &str) -> Result<(), DockerError> {
     match rest {
         Some(rest) if !rest.is_empty() => Ok(()),
         _ => Err(DockerError::UnsupportedHost { host: host.to_owned() }),
+    }
+}
+
+/// A daemon call that failed: what was asked, the HTTP status if the daemon answered, and the
+/// daemon's own message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} failed: {message}")]
+pub struct CallError {
+    /// What was asked, e.g. `inspecting nginx:1`.
+    pub what: String,
+    /// The HTTP status, when the daemon answered with one.
+    pub status: Option<u16>,
+    /// The daemon's message (or the transport's).
+    pub message: String,
+}
+
+impl CallError {
+    /// The error of the call described by `what`.
+    pub fn new(what: impl Into<String>, error: bollard::errors::Error) -> CallError {
+        use bollard::errors::Error;
+        let (status, message) = match error {
+            Error::DockerResponseServerError { status_code, message } => {
+                (Some(status_code), format!("{message} (HTTP {status_code})"))
+            }
+            Error::DockerStreamError { error } => (None, error),
+            other => (None, other.to_string()),
+        };
+        CallError { what: what.into(), status, message }
     }
 }
 
@@ -119,7 +146,7 @@ impl DockerDaemon {
     }
 
     /// Whether the daemon has every image of an archive, under every tag the archive would apply.
-    pub async fn has_images(&self, contents: &ArchiveContents) -> Result<bool, SourceError> {
+    pub async fn has_images(&self, contents: &ArchiveContents) -> Result<bool, CallError> {
         for image in &contents.images {
             let Some(id) = &image.config_digest else { return Ok(false) };
             let Some(found) = self.image_id(id).await? else { return Ok(false) };
@@ -133,25 +160,25 @@ impl DockerDaemon {
     }
 
     /// The ID of the image `name` resolves to, or `None` if the daemon has no such image.
-    async fn image_id(&self, name: &str) -> Result<Option<String>, SourceError> {
+    async fn image_id(&self, name: &str) -> Result<Option<String>, CallError> {
         match self.client.inspect_image(name).await {
             Ok(info) => Ok(info.id),
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
-            Err(e) => Err(SourceError::Inspect { image: name.to_owned(), message: message(e) }),
+            Err(e) => Err(CallError::new(format!("inspecting {name}"), e)),
         }
     }
 
     /// Streams the archive at `path` to the daemon's load endpoint and returns what it loaded
     /// (`name:tag`, or an image ID for untagged images).
-    pub async fn load(&self, path: &Path) -> Result<Vec<String>, SourceError> {
-        let label = path.display().to_string();
-        let load_err = |message| SourceError::Load { archive: label.clone(), message };
+    pub async fn load(&self, path: &Path) -> Result<Vec<String>, CallError> {
+        let what = format!("loading {}", path.display());
+        let load_err = |message| CallError { what: what.clone(), status: None, message };
         let chunks = read_chunks(path.to_owned());
         let options = ImportImageOptionsBuilder::default().quiet(true).build();
         let mut progress = self.client.import_image_stream(options, chunks, None);
         let mut loaded = Vec::new();
         while let Some(item) = progress.next().await {
-            let info = item.map_err(|e| load_err(message(e)))?;
+            let info = item.map_err(|e| CallError::new(what.clone(), e))?;
             for line in info.stream.as_deref().unwrap_or("").lines() {
                 if let Some(name) =
                     line.strip_prefix("Loaded image: ").or_else(|| line.strip_prefix("Loaded image ID: "))
@@ -221,98 +248,6 @@ async fn try_connect(host: &str) -> Result<(DockerDaemon, DaemonInfo), String> {
         api_version: client.client_version().to_string(),
     };
     Ok((DockerDaemon { client, host: host.to_owned() }, info))
-}
-
-/// The daemon's own message for an error, without bollard's wrapping.
-fn message(error: bollard::errors::Error) -> String {
-    use bollard::errors::Error;
-    match error {
-        Error::DockerResponseServerError { status_code, message } => {
-            format!("{message} (HTTP {status_code})")
-        }
-        Error::DockerStreamError { error } => error,
-        other => other.to_string(),
-    }
-}
-
-impl ImageSource for DockerDaemon {
-    async fn pull(&self, image: &Reference) -> Result<Pulled, SourceError> {
-        let name = image.to_string();
-        let options = CreateImageOptionsBuilder::default()
-            .from_image(&image.repository())
-            .tag(&image.pull_tag())
-            .build();
-        let mut progress = self.client.create_image(Some(options), None, None);
-        let mut outcome = PullOutcome::Unknown;
-        let mut digest = None;
-        while let Some(item) = progress.next().await {
-            let info = item.map_err(|e| SourceError::Pull { image: name.clone(), message: message(e) })?;
-            let Some(status) = info.status else { continue };
-            if let Some(d) = status.strip_prefix("Digest: ") {
-                digest = Some(d.trim().to_owned());
-            } else if status.starts_with("Status: Downloaded newer image") {
-                outcome = PullOutcome::Downloaded;
-            } else if status.starts_with("Status: Image is up to date") {
-                outcome = PullOutcome::UpToDate;
-            }
-            if info.progress_detail.is_none() || status.starts_with("Status") {
-                debug!(layer = info.id.as_deref().unwrap_or(""), "{status}");
-            }
-        }
-        if image.needs_local_tag() {
-            // Pulled by digest: give the image the tag the archive promises, so `docker load`
-            // restores `name:tag`.
-            let digested = format!("{}@{}", image.repository(), image.pull_tag());
-            let options = TagImageOptionsBuilder::default()
-                .repo(&image.repository())
-                .tag(image.tag().unwrap_or("latest"))
-                .build();
-            self.client
-                .tag_image(&digested, Some(options))
-                .await
-                .map_err(|e| SourceError::Tag { image: name.clone(), message: message(e) })?;
-        }
-        Ok(Pulled { outcome, digest })
-    }
-
-    async fn inspect(&self, image: &Reference) -> Result<ImageFacts, SourceError> {
-        let inspect_err = |message| SourceError::Inspect { image: image.to_string(), message };
-        let info =
-            self.client.inspect_image(&image.export_name()).await.map_err(|e| inspect_err(message(e)))?;
-        let id = info.id.ok_or_else(|| inspect_err("the daemon reported no image ID".into()))?;
-        let size = info.size.and_then(|s| u64::try_from(s).ok()).unwrap_or(0);
-        Ok(ImageFacts { id, size })
-    }
-
-    async fn remote_digest(&self, image: &Reference) -> Result<String, SourceError> {
-        let resolve_err = |message| SourceError::Resolve { image: image.to_string(), message };
-        // The daemon's distribution endpoint resolves the tag at the registry with the daemon's
-        // credentials (Docker 20.10: a manifest HEAD, then a GET of that manifest by digest to list
-        // its platforms). Nothing is downloaded beyond the manifest.
-        let info = self
-            .client
-            .inspect_registry_image(&image.export_name(), None)
-            .await
-            .map_err(|e| resolve_err(message(e)))?;
-        info.descriptor.digest.ok_or_else(|| resolve_err("the registry reported no digest".into()))
-    }
-
-    fn export(&self, image: &Reference) -> BoxStream<'static, Result<Bytes, SourceError>> {
-        let name = image.to_string();
-        self.client
-            .export_image(&image.export_name())
-            .map_err(move |e| SourceError::Export { image: name.clone(), message: message(e) })
-            .boxed()
-    }
-
-    async fn remove(&self, image: &Reference) -> Result<(), SourceError> {
-        let options = RemoveImageOptionsBuilder::default().build();
-        self.client
-            .remove_image(&image.export_name(), Some(options), None)
-            .await
-            .map(drop)
-            .map_err(|e| SourceError::Remove { image: image.to_string(), message: message(e) })
-    }
 }
 
 #[cfg(test)]

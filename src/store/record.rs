@@ -1,22 +1,21 @@
 //! The record kept next to each archive: `<archive>.json`, e.g. `team/app_2.0.tar.json`.
 //!
 //! It says what the archive holds (reference, the registry digest it was built from, image ID),
-//! how to check it (size, sha256) and when it was made and last confirmed current. It is written
-//! atomically (temporary file, fsync, rename) right after the archive is published. Archives
-//! without a record (made by other tools, or by the seed chart) are never pruned and are refreshed
-//! by age alone.
+//! how to check it (size, sha256, the archive's modification time) and when it was made and last
+//! confirmed current. It is written atomically (temporary file, fsync, rename): once marked
+//! `pending` before the archive is renamed into place, and again, final, after (see
+//! [`crate::store::publish`]). Archives without a record (made by other tools, or by the seed
+//! chart) are never pruned and are refreshed by age alone.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::layout::Layout;
-
-/// Suffix appended to the archive's file name.
-pub const RECORD_SUFFIX: &str = ".json";
+use crate::format::layout::Layout;
+use crate::store::names::{self, FILE_MODE, TEMP_SUFFIX, record_path};
 /// The record format version this build writes.
 pub const FORMAT: u32 = 1;
 
@@ -44,6 +43,14 @@ pub struct Record {
     /// Set by `verify` when the archive no longer matches: the next pass rebuilds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub damaged: Option<String>,
+    /// Written before the archive was renamed into place and not yet confirmed after: the file
+    /// under the archive's name may be the old or the new one until its checksum says which.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
+    /// The archive's modification time (nanoseconds since the epoch) when the record was last
+    /// written: a different time means the file changed behind the record's back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime_ns: Option<u64>,
     /// The tool that wrote it, e.g. `image-preloader 0.1.0`.
     pub tool: String,
 }
@@ -59,23 +66,14 @@ pub enum RecordError {
     Write { path: PathBuf, source: io::Error },
 }
 
-/// The record path for an archive path (relative or absolute).
-pub fn record_path(archive: &Path) -> PathBuf {
-    let mut name = archive.as_os_str().to_owned();
-    name.push(RECORD_SUFFIX);
-    PathBuf::from(name)
-}
-
-/// The archive a record file describes, if `path` is named like a record.
-pub fn archive_of(record: &Path) -> Option<PathBuf> {
-    let name = record.file_name()?.to_str()?;
-    let archive = name.strip_suffix(RECORD_SUFFIX)?;
-    archive.ends_with(".tar").then(|| record.with_file_name(archive))
-}
-
 /// An RFC 3339 timestamp (UTC, seconds).
 pub fn timestamp(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// A modification time as nanoseconds since the epoch (0 before it).
+pub fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
 impl Record {
@@ -107,15 +105,15 @@ impl Record {
         let mut json = serde_json::to_vec_pretty(self).map_err(|e| write_err(io::Error::other(e)))?;
         json.push(b'\n');
         let mut temp = tempfile::Builder::new()
-            .prefix(&format!(".{}.", path.file_name().unwrap_or_default().to_string_lossy()))
-            .suffix(crate::archive::TEMP_SUFFIX)
+            .prefix(&names::temp_prefix(&path))
+            .suffix(TEMP_SUFFIX)
             .tempfile_in(dir)
             .map_err(write_err)?;
         // Locked like archive temporaries, so a concurrent start's cleanup leaves it alone.
         temp.as_file().lock().map_err(write_err)?;
         temp.write_all(&json).map_err(write_err)?;
         use std::os::unix::fs::PermissionsExt;
-        temp.as_file().set_permissions(fs::Permissions::from_mode(0o644)).map_err(write_err)?;
+        temp.as_file().set_permissions(fs::Permissions::from_mode(FILE_MODE)).map_err(write_err)?;
         temp.as_file().sync_all().map_err(write_err)?;
         temp.persist(&path).map_err(|e| write_err(e.error))?;
         Ok(())
@@ -146,17 +144,16 @@ mod tests {
             created: timestamp(SystemTime::UNIX_EPOCH),
             checked: timestamp(SystemTime::UNIX_EPOCH),
             damaged: None,
+            pending: false,
+            mtime_ns: None,
             tool: "image-preloader 0.1.0".into(),
         }
     }
 
     #[test]
-    fn paths() {
-        assert_eq!(record_path(Path::new("team/app_1.tar")), Path::new("team/app_1.tar.json"));
-        assert_eq!(archive_of(Path::new("/d/team/app_1.tar.json")), Some(PathBuf::from("/d/team/app_1.tar")));
-        assert_eq!(archive_of(Path::new("/d/other.json")), None);
-        assert_eq!(archive_of(Path::new("/d/app_1.tar")), None);
+    fn timestamps() {
         assert_eq!(timestamp(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(nanos(SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(5)), 5);
     }
 
     #[test]
@@ -166,7 +163,12 @@ mod tests {
         assert!(Record::read(&archive).unwrap().is_none());
         let record = sample();
         record.write_durably(&archive).unwrap();
-        assert_eq!(Record::read(&archive).unwrap(), Some(record));
+        assert_eq!(Record::read(&archive).unwrap(), Some(record.clone()));
+        let text = fs::read_to_string(record_path(&archive)).unwrap();
+        assert!(!text.contains("pending") && !text.contains("mtime_ns"), "defaults stay out: {text}");
+        let pending = Record { pending: true, mtime_ns: Some(7), ..record };
+        pending.write(&archive).unwrap();
+        assert_eq!(Record::read(&archive).unwrap(), Some(pending));
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, ["app_1.tar.json"], "no temporary left behind");
     }

@@ -11,7 +11,7 @@
 
 use serde::Deserialize;
 
-use crate::tar::TarListing;
+use crate::format::tar::TarListing;
 
 /// Largest blob captured for inspection (manifests and configs are far smaller).
 const SMALL_BLOB_MAX: u64 = 256 << 10;
@@ -196,8 +196,8 @@ fn config_digest(config_path: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tar::TarScanner;
-    use crate::tar::tests::TarBuilder;
+    use crate::format::tar::TarScanner;
+    use crate::format::tar::tests::TarBuilder;
 
     const CONFIG: &str = "1111111111111111111111111111111111111111111111111111111111111111";
     const LAYER: &str = "2222222222222222222222222222222222222222222222222222222222222222";

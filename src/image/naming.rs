@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 
-use crate::reference::Reference;
+use crate::image::reference::Reference;
 
 /// Extension of every archive this tool writes.
 pub const ARCHIVE_EXTENSION: &str = "tar";

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::store::names::lock_path;
+
 /// Pause between attempts while another process holds the lock.
 const RETRY: Duration = Duration::from_millis(250);
 
@@ -38,17 +40,6 @@ pub enum LockError {
     Io { path: PathBuf, source: io::Error },
     #[error("interrupted while waiting for the lock on {path}")]
     Cancelled { path: PathBuf },
-}
-
-/// The lock file for an archive path.
-pub fn lock_path(archive: &Path) -> PathBuf {
-    let name = archive.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    archive.with_file_name(format!(".{name}.lock"))
-}
-
-/// Whether a file name is one of our lock files.
-pub fn is_lock_file(file_name: &str) -> bool {
-    file_name.starts_with('.') && file_name.ends_with(".tar.lock")
 }
 
 impl ArchiveLock {
@@ -82,14 +73,20 @@ impl ArchiveLock {
         }
     }
 
+    /// [`ArchiveLock::try_acquire`] on a blocking thread.
+    pub async fn try_acquire_async(archive: &Path) -> Result<Option<ArchiveLock>, LockError> {
+        let owned = archive.to_owned();
+        crate::store::blocking(move || ArchiveLock::try_acquire(&owned)).await
+    }
+
     /// Takes the lock, calling `on_wait` once if another process holds it and then polling until
-    /// it is free or `cancel` fires.
+    /// it is free or `cancel` fires. The file-system work runs on a blocking thread.
     pub async fn acquire(
         archive: &Path,
         cancel: &CancellationToken,
         on_wait: impl FnOnce(),
     ) -> Result<ArchiveLock, LockError> {
-        if let Some(lock) = ArchiveLock::try_acquire(archive)? {
+        if let Some(lock) = ArchiveLock::try_acquire_async(archive).await? {
             return Ok(lock);
         }
         on_wait();
@@ -98,7 +95,7 @@ impl ArchiveLock {
                 _ = cancel.cancelled() => return Err(LockError::Cancelled { path: lock_path(archive) }),
                 _ = tokio::time::sleep(RETRY) => {}
             }
-            if let Some(lock) = ArchiveLock::try_acquire(archive)? {
+            if let Some(lock) = ArchiveLock::try_acquire_async(archive).await? {
                 return Ok(lock);
             }
         }
@@ -108,13 +105,6 @@ impl ArchiveLock {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names() {
-        assert_eq!(lock_path(Path::new("/d/team/app_1.tar")), Path::new("/d/team/.app_1.tar.lock"));
-        assert!(is_lock_file(".app_1.tar.lock"));
-        assert!(!is_lock_file("app_1.tar"));
-    }
 
     #[tokio::test]
     async fn second_holder_waits_until_release() {

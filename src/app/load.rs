@@ -1,0 +1,103 @@
+//! `load`: the archives to load, loading them into the runner's daemon, and the report.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::app::AppError;
+use crate::config::LoadConfig;
+use crate::daemon::load::{LoadOutcome, LoadTarget, load_all};
+use crate::daemon::{DockerDaemon, DockerError};
+use crate::human;
+use crate::store::{ArchiveStore, StoreError};
+
+/// The archives `load` should load: the given paths, the images' archives, and with `--all`
+/// everything in the directory; each once, in that order.
+async fn load_targets(config: &LoadConfig) -> Result<Vec<LoadTarget>, StoreError> {
+    let mut targets: Vec<LoadTarget> = Vec::new();
+    let mut add = |label: String, path: PathBuf| {
+        if !targets.iter().any(|t| t.path == path) {
+            targets.push(LoadTarget { label, path });
+        }
+    };
+    for archive in &config.archives {
+        add(archive.display().to_string(), config.dir.join(archive));
+    }
+    for image in &config.images {
+        add(image.archive.display().to_string(), config.dir.join(&image.archive));
+    }
+    if config.all {
+        let walk = ArchiveStore::new(&config.dir).archives().await;
+        if let Some((path, why)) = walk.unreadable.into_iter().next() {
+            return Err(StoreError::Stat { path, source: std::io::Error::other(why) });
+        }
+        let found = walk.found;
+        if found.is_empty() {
+            warn!(dir = %config.dir.display(), "--all: no archives in the directory");
+        }
+        for relative in found {
+            add(relative.display().to_string(), config.dir.join(relative));
+        }
+    }
+    Ok(targets)
+}
+
+pub(super) async fn load(config: LoadConfig, shutdown: CancellationToken) -> Result<(), AppError> {
+    let targets = load_targets(&config).await?;
+    let result = match DockerDaemon::wait_until_ready(&config.docker_host, config.wait_timeout, &shutdown)
+        .await
+    {
+        Ok((daemon, about)) => {
+            info!(docker_host = daemon.host(), version = %about.version, archives = targets.len(), "connected to the docker daemon");
+            let outcomes = load_all(&daemon, &targets, config.concurrency, &shutdown).await;
+            report_loads(&outcomes, config.strict)
+        }
+        Err(DockerError::Interrupted { .. }) if config.idle => return Ok(()),
+        Err(e) => Err(e.into()),
+    };
+    if config.idle && !shutdown.is_cancelled() {
+        if let Err(e) = &result {
+            warn!("{e}");
+        }
+        info!("idling until SIGTERM (--idle)");
+        shutdown.cancelled().await;
+        return Ok(());
+    }
+    result
+}
+
+/// Prints one line per archive and a summary; the error says how many need attention.
+fn report_loads(outcomes: &[(LoadTarget, LoadOutcome)], strict: bool) -> Result<(), AppError> {
+    let mut out = std::io::stdout().lock();
+    let (mut loaded, mut bytes) = (0, 0);
+    let count = |label: &str| outcomes.iter().filter(|(_, o)| o.label() == label).count();
+    for (target, outcome) in outcomes {
+        let detail = match outcome {
+            LoadOutcome::Loaded { images, bytes: b, elapsed } => {
+                loaded += 1;
+                bytes += b;
+                format!("{} in {}: {}", human::bytes(*b), human::duration(*elapsed), images.join(", "))
+            }
+            LoadOutcome::Present => "the daemon already has it".to_owned(),
+            LoadOutcome::Missing => format!("no file at {}", target.path.display()),
+            LoadOutcome::Damaged(why) | LoadOutcome::Failed(why) => why.clone(),
+            LoadOutcome::Cancelled => "interrupted".to_owned(),
+        };
+        let _ = writeln!(out, "{:<9} {}: {detail}", outcome.label(), target.label);
+    }
+    let (present, missing, damaged, failed, cancelled) =
+        (count("present"), count("missing"), count("damaged"), count("failed"), count("cancelled"));
+    let summary = format!(
+        "{loaded} loaded ({}), {present} already present, {missing} missing, {damaged} damaged, {failed} failed",
+        human::bytes(bytes)
+    );
+    let problems = damaged + failed + cancelled + if strict { missing } else { 0 };
+    if problems > 0 {
+        warn!(loaded, present, missing, damaged, failed, "{summary}");
+        return Err(AppError::LoadFailed { problems, total: outcomes.len() });
+    }
+    info!(loaded, present, missing, damaged, failed, "{summary}");
+    Ok(())
+}

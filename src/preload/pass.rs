@@ -1,0 +1,271 @@
+//! One pass over the image list: per image, lock its archive, decide, then keep, check the
+//! registry, or build through the store's publish path; report.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::human;
+use crate::image::list::ImageSpec;
+use crate::preload::outcome::{Built, Failure, FailureKind, Outcome, PassReport, Step};
+use crate::preload::policy::{BuildReason, Decision, Inputs, MaxAge, RefreshPolicy};
+use crate::source::ImageSource;
+use crate::store::space::{self, MinFree};
+use crate::store::{
+    ArchiveGuard, ArchiveStore, LockError, PublishError, RecordDraft, SpaceWatch, StoreError,
+};
+
+/// How a pass treats archives.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// `--max-image-age`.
+    pub max_age: MaxAge,
+    /// `--refresh-policy`.
+    pub refresh: RefreshPolicy,
+    /// `--min-free`.
+    pub min_free: MinFree,
+    /// Images processed at once.
+    pub concurrency: usize,
+    /// `--remove-after-save`.
+    pub remove_after_save: bool,
+}
+
+/// Preloads images from a source into an archive store.
+#[derive(Debug)]
+pub struct Preloader<S> {
+    source: S,
+    store: ArchiveStore,
+    settings: Settings,
+}
+
+impl<S: ImageSource> Preloader<S> {
+    /// A preloader with these settings.
+    pub fn new(source: S, store: ArchiveStore, settings: Settings) -> Self {
+        Preloader {
+            source,
+            store,
+            settings: Settings { concurrency: settings.concurrency.max(1), ..settings },
+        }
+    }
+
+    /// The archive store.
+    pub fn store(&self) -> &ArchiveStore {
+        &self.store
+    }
+
+    /// Processes `images`, up to `concurrency` at a time, until done or cancelled.
+    pub async fn pass(&self, images: &[ImageSpec], cancel: &CancellationToken) -> PassReport {
+        let start = Instant::now();
+        // A hand-rolled `buffer_unordered`: its closure form makes the future's `Send` proof fail
+        // (rustc's higher-ranked lifetime limits), and `run` spawns this future.
+        let mut waiting = images.iter().enumerate();
+        let mut running = FuturesUnordered::new();
+        let mut outcomes: Vec<(usize, Outcome)> = Vec::with_capacity(images.len());
+        for (i, image) in waiting.by_ref().take(self.settings.concurrency) {
+            running.push(self.preload_nth(i, image, cancel));
+        }
+        while let Some(done) = running.next().await {
+            outcomes.push(done);
+            if let Some((i, image)) = waiting.next() {
+                running.push(self.preload_nth(i, image, cancel));
+            }
+        }
+        outcomes.sort_by_key(|(i, _)| *i);
+        PassReport {
+            outcomes: outcomes.into_iter().map(|(i, o)| (images[i].clone(), o)).collect(),
+            elapsed: start.elapsed(),
+        }
+    }
+
+    async fn preload_nth(&self, i: usize, image: &ImageSpec, cancel: &CancellationToken) -> (usize, Outcome) {
+        (i, self.preload(image, cancel).await)
+    }
+
+    /// Brings one image's archive up to date. Logs the decision and the result.
+    pub async fn preload(&self, image: &ImageSpec, cancel: &CancellationToken) -> Outcome {
+        let span = info_span!("image", image = %image.reference, archive = %image.archive.display());
+        async {
+            if cancel.is_cancelled() {
+                return Outcome::Cancelled;
+            }
+            let waiting = || info!("another process is working on this archive; waiting for it");
+            let guard = match self.store.lock(&image.archive, cancel, waiting).await {
+                Ok(guard) => guard,
+                Err(LockError::Cancelled { .. }) => return Outcome::Cancelled,
+                Err(e) => return log_failure(Failure::store(StoreError::Lock(e))),
+            };
+            let (archive, record) = match guard.state().await {
+                Ok(state) => state,
+                Err(e) => return log_failure(Failure::store(e)),
+            };
+            let decision = Decision::decide(&Inputs {
+                archive,
+                record: &record,
+                pinned: image.reference.digest().is_some(),
+                now: SystemTime::now(),
+                max_age: self.settings.max_age,
+                policy: self.settings.refresh,
+            });
+            match decision {
+                Decision::Keep(reason) => {
+                    info!(decision = "keep", "up to date: {reason}");
+                    Outcome::Kept(reason)
+                }
+                Decision::Check { age, digest } => self.check(&guard, image, age, digest, cancel).await,
+                Decision::Build(reason) => self.build_logged(&guard, image, reason, cancel).await,
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Asks the registry whether the recorded digest is still current.
+    async fn check(
+        &self,
+        guard: &ArchiveGuard,
+        image: &ImageSpec,
+        age: Duration,
+        recorded: String,
+        cancel: &CancellationToken,
+    ) -> Outcome {
+        let current = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Outcome::Cancelled,
+            current = self.source.remote_digest(&image.reference) => current,
+        };
+        match current {
+            Ok(current) if current == recorded => match guard.touch().await {
+                Ok(()) => {
+                    info!(decision = "unchanged", digest = %current, "up to date: the registry still serves the archived digest (archive was {} old; its time is refreshed)", human::duration(age));
+                    Outcome::Unchanged
+                }
+                Err(e) => log_failure(Failure::store(e)),
+            },
+            Ok(current) => {
+                self.build_logged(guard, image, BuildReason::Changed { recorded, current }, cancel).await
+            }
+            Err(e) => {
+                warn!(
+                    decision = "unverified",
+                    kind = e.kind.as_str(),
+                    "keeping the archive, will check again: {e}"
+                );
+                Outcome::Unverified(e.to_string())
+            }
+        }
+    }
+
+    async fn build_logged(
+        &self,
+        guard: &ArchiveGuard,
+        image: &ImageSpec,
+        reason: BuildReason,
+        cancel: &CancellationToken,
+    ) -> Outcome {
+        info!(decision = "build", "building: {reason}");
+        match self.build(guard, image, reason, cancel).await {
+            Ok(Some(built)) => {
+                info!(
+                    bytes = built.bytes,
+                    pull_ms = built.pull_time.as_millis() as u64,
+                    save_ms = built.save_time.as_millis() as u64,
+                    "saved {} in {} ({:.0} MiB/s) after pull in {} ({})",
+                    human::bytes(built.bytes),
+                    human::duration(built.save_time),
+                    human::mib_per_s(built.bytes, built.save_time),
+                    human::duration(built.pull_time),
+                    built.pulled,
+                );
+                if self.settings.remove_after_save {
+                    match self.source.remove(&image.reference).await {
+                        Ok(()) => info!("removed the image from the daemon (--remove-after-save)"),
+                        Err(e) => warn!("{e}"),
+                    }
+                }
+                Outcome::Built(built)
+            }
+            Ok(None) => {
+                warn!("abandoned for shutdown; the previous archive, if any, is unchanged");
+                Outcome::Cancelled
+            }
+            Err(failure) => log_failure(failure),
+        }
+    }
+
+    /// Pulls, checks the disk has room, streams the export through the store's publish path.
+    /// `Ok(None)` when cancelled.
+    async fn build(
+        &self,
+        guard: &ArchiveGuard,
+        image: &ImageSpec,
+        reason: BuildReason,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Built>, Failure> {
+        let started = Instant::now();
+        let pulled = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Ok(None),
+            pulled = self.source.pull(&image.reference) => pulled.map_err(|e| Failure::source(Step::Pull, e))?,
+        };
+        let facts =
+            self.source.inspect(&image.reference).await.map_err(|e| Failure::source(Step::Pull, e))?;
+        let pull_time = started.elapsed();
+
+        self.check_space(guard, facts.size).await?;
+
+        let started = Instant::now();
+        let draft = RecordDraft {
+            reference: image.reference.to_string(),
+            repo_digest: pulled.digest,
+            image_id: Some(facts.id),
+        };
+        let watch = SpaceWatch { min_free: self.settings.min_free };
+        let export = self.source.export(&image.reference);
+        let published = match guard.publish(export, draft, watch, cancel).await {
+            Ok(Some(published)) => published,
+            Ok(None) => return Ok(None),
+            Err(PublishError::Source(e)) => return Err(Failure::source(Step::Export, e)),
+            Err(PublishError::Store(e)) => return Err(Failure::store(e)),
+        };
+        Ok(Some(Built {
+            reason,
+            pulled: pulled.outcome,
+            pull_time,
+            save_time: started.elapsed(),
+            bytes: published.bytes,
+            path: published.path,
+        }))
+    }
+
+    /// The disk guard before a build: the estimated archive must leave the floor free. An image of
+    /// unknown size is checked against the floor alone (and again while it is written).
+    async fn check_space(&self, guard: &ArchiveGuard, size: Option<u64>) -> Result<(), Failure> {
+        let min_free = self.settings.min_free;
+        if min_free.is_disabled() {
+            return Ok(());
+        }
+        if size.is_none() {
+            warn!(
+                "the source did not report the image size: checking the --min-free floor only, and again while writing"
+            );
+        }
+        let root = self.store.root().to_owned();
+        let dir: PathBuf = guard.path().parent().map(|p| p.to_owned()).unwrap_or_else(|| root.clone());
+        let needed = space::estimate_archive_size(size.unwrap_or(0));
+        crate::store::blocking(move || {
+            // The archive's directory exists once its lock is held; statvfs it (the same file system).
+            let free = space::space_of(&dir)?;
+            space::check(&root, free, needed, min_free)
+        })
+        .await
+        .map_err(|e| Failure::new(Step::Space, FailureKind::NoSpace, e))
+    }
+}
+
+fn log_failure(failure: Failure) -> Outcome {
+    error!(step = failure.step.as_str(), kind = failure.kind.as_str(), "{}", failure.message);
+    Outcome::Failed(failure)
+}
