@@ -34,6 +34,12 @@ if [ ! -d "$(rustc --print sysroot)/lib/rustlib/$triple" ]; then
   say "adding the $triple target"
   rustup target add "$triple" >&2
 fi
+# ring (rustls' cryptography, for registry mode's TLS) compiles a little C and assembly: for the
+# musl target use the host's C compiler unless a musl one or CC_<triple> is set.
+cc_var="CC_${triple//-/_}"
+if [ -z "${!cc_var:-}" ] && ! command -v "${triple%%-*}-linux-musl-gcc" >/dev/null; then
+  export "$cc_var=cc"
+fi
 say "cargo build --release --locked --target $triple"
 cargo build --release --locked --target "$triple" >&2
 binary="${CARGO_TARGET_DIR:-$ROOT/target}/$triple/release/image-preloader"

@@ -1,5 +1,6 @@
-//! The `docker save` archive format: a streaming tar scanner and the image layouts (classic and
-//! OCI) it must hold to be complete.
+//! The `docker save` archive format: a streaming tar scanner, the image layouts (classic and
+//! OCI) it must hold to be complete, and a builder that writes one from registry blobs.
 
+pub mod builder;
 pub mod layout;
 pub mod tar;

@@ -1,10 +1,15 @@
 //! Registries, independent of how images are fetched: which registry a reference names, and the
 //! credentials a Docker config file holds for it. Daemon mode passes these credentials to the
-//! daemon; a mode that talks to registries itself uses the same types.
+//! daemon; registry mode talks to registries itself with [`client`] (auth, manifests resolved by
+//! [`manifest`], blobs checked while streaming, [`retry`] with backoff); `crate::source::registry` turns
+//! an image into an archive stream.
 
+pub mod client;
 pub mod credentials;
 pub mod host;
 pub mod keyring;
+pub mod manifest;
+pub mod retry;
 
 pub use credentials::{Credentials, CredentialsError, DockerConfig, Lookup, Secret};
 pub use host::RegistryHost;

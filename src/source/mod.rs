@@ -8,6 +8,7 @@
 
 pub mod docker;
 pub mod error;
+pub mod registry;
 
 use std::fmt;
 use std::future::Future;

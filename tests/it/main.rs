@@ -11,6 +11,7 @@ mod k8s;
 mod load;
 mod pod;
 mod refresh;
+mod registry;
 mod sidecar;
 mod storage;
 mod support;
