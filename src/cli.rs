@@ -14,11 +14,11 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  success (for `run`: stopped by SIGTERM or SIGINT)
   1  at least one image failed (`warm`); damaged, unrecorded or missing archives (`verify`);
-     an archive failed to load, or is damaged, or (with --strict) missing (`load`)
+     with --strict, an archive missing, damaged, not loadable or cut by --deadline (`load`)
   2  usage or configuration error (invalid reference, two references mapping to one archive,
      unreadable images file), detected before any pull or write
   3  the Docker daemon did not answer within --wait-timeout
-  130 interrupted (`warm` stopped by a signal)";
+  130 interrupted (`warm` or `load` stopped by a signal)";
 
 /// Keeps a directory of `docker save` archives of a list of images fresh, for CI runners that
 /// `docker load` them instead of pulling.
@@ -56,8 +56,10 @@ pub enum CliCommand {
     /// Read every archive back: recompute checksums, check completeness and compare with the
     /// records. Damaged archives are marked so the next pass rebuilds them.
     Verify(VerifyArgs),
-    /// The runner side: load archives into a daemon. Each archive is checked first (complete,
-    /// matching its record); images the daemon already has are skipped. Writes nothing to --dir.
+    /// The runner side: load archives into a daemon. Each archive is checked as it streams
+    /// (complete, matching its record) and the daemon only keeps it if the check passes; images the
+    /// daemon already has are skipped. Problem archives are reported and skipped (exit 0 unless
+    /// --strict). Writes nothing to --dir.
     Load(LoadArgs),
 }
 
@@ -222,9 +224,16 @@ pub struct LoadArgs {
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64), env = "IMAGE_PRELOADER_CONCURRENCY")]
     pub concurrency: u16,
 
-    /// Treat a missing archive as an error (exit 1) instead of a warning.
+    /// Exit 1 if any archive is missing, damaged, could not be loaded or was cut by --deadline.
+    /// Without it those are reported and skipped, and the exit code is 0: the job pulls what it
+    /// lacks instead of the runner pod failing to start.
     #[arg(long, env = "IMAGE_PRELOADER_STRICT")]
     pub strict: bool,
+
+    /// Bound the whole run, waiting for the daemon included: archives not loaded by then are
+    /// skipped with a warning. Seconds, or a duration such as `90s` or `2m` [default: none].
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration, env = "IMAGE_PRELOADER_DEADLINE")]
+    pub deadline: Option<Duration>,
 
     /// After loading, keep running until SIGTERM, then exit 0: for use as a native sidecar
     /// (restartPolicy: Always) rather than an init container.

@@ -53,8 +53,10 @@ pub struct LoadConfig {
     pub wait_timeout: Duration,
     /// Archives loaded at once.
     pub concurrency: usize,
-    /// Missing archives are errors.
+    /// Any archive not loaded is an error.
     pub strict: bool,
+    /// Bound on the whole run.
+    pub deadline: Option<Duration>,
     /// Keep running after loading.
     pub idle: bool,
 }
@@ -196,6 +198,7 @@ fn load_config(args: LoadArgs) -> Result<LoadConfig, ConfigError> {
         wait_timeout: args.daemon.wait_timeout,
         concurrency: usize::from(args.concurrency),
         strict: args.strict,
+        deadline: args.deadline,
         idle: args.idle,
     })
 }

@@ -37,7 +37,7 @@ fn run(config: Config) -> anyhow::Result<Exit> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    let exit = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         // Install the handlers before any work starts: a SIGTERM in the first milliseconds must
         // be a clean stop too, not the default kill.
@@ -52,7 +52,11 @@ fn run(config: Config) -> anyhow::Result<Exit> {
                 e.exit()
             }
         })
-    })
+    });
+    // A reader still blocked on a stalled file (a `load` cut by its deadline) must not hold up the
+    // exit: blocking tasks get a moment, then the process ends anyway.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    exit
 }
 
 /// The first SIGTERM or SIGINT asks for a clean stop; a second one exits at once.

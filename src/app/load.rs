@@ -8,7 +8,7 @@ use tracing::{info, warn};
 
 use crate::app::AppError;
 use crate::config::LoadConfig;
-use crate::daemon::load::{LoadOutcome, LoadTarget, load_all};
+use crate::daemon::load::{Deadline, LoadOutcome, LoadTarget, load_all};
 use crate::daemon::{DockerDaemon, DockerError};
 use crate::human;
 use crate::store::{ArchiveStore, StoreError};
@@ -45,13 +45,15 @@ async fn load_targets(config: &LoadConfig) -> Result<Vec<LoadTarget>, StoreError
 }
 
 pub(super) async fn load(config: LoadConfig, shutdown: CancellationToken) -> Result<(), AppError> {
+    let started = tokio::time::Instant::now();
+    let deadline = config.deadline.map(|after| Deadline { at: started + after, after });
     let targets = load_targets(&config).await?;
-    let result = match DockerDaemon::wait_until_ready(&config.docker_host, config.wait_timeout, &shutdown)
-        .await
-    {
+    // The deadline bounds the wait for the daemon too.
+    let wait = config.deadline.map_or(config.wait_timeout, |d| d.min(config.wait_timeout));
+    let result = match DockerDaemon::wait_until_ready(&config.docker_host, wait, &shutdown).await {
         Ok((daemon, about)) => {
             info!(docker_host = daemon.host(), version = %about.version, archives = targets.len(), "connected to the docker daemon");
-            let outcomes = load_all(&daemon, &targets, config.concurrency, &shutdown).await;
+            let outcomes = load_all(&daemon, &targets, config.concurrency, deadline, &shutdown).await;
             report_loads(&outcomes, config.strict)
         }
         Err(DockerError::Interrupted { .. }) if config.idle => return Ok(()),
@@ -68,7 +70,8 @@ pub(super) async fn load(config: LoadConfig, shutdown: CancellationToken) -> Res
     result
 }
 
-/// Prints one line per archive and a summary; the error says how many need attention.
+/// Prints one line per archive and a summary. Archives not loaded are skipped, not fatal, unless
+/// `strict`; an interrupted run is an error either way.
 fn report_loads(outcomes: &[(LoadTarget, LoadOutcome)], strict: bool) -> Result<(), AppError> {
     let mut out = std::io::stdout().lock();
     let (mut loaded, mut bytes) = (0, 0);
@@ -82,22 +85,36 @@ fn report_loads(outcomes: &[(LoadTarget, LoadOutcome)], strict: bool) -> Result<
             }
             LoadOutcome::Present => "the daemon already has it".to_owned(),
             LoadOutcome::Missing => format!("no file at {}", target.path.display()),
-            LoadOutcome::Damaged(why) | LoadOutcome::Failed(why) => why.clone(),
+            LoadOutcome::Damaged(why) | LoadOutcome::Failed(why) | LoadOutcome::Skipped(why) => why.clone(),
             LoadOutcome::Cancelled => "interrupted".to_owned(),
         };
         let _ = writeln!(out, "{:<9} {}: {detail}", outcome.label(), target.label);
     }
-    let (present, missing, damaged, failed, cancelled) =
-        (count("present"), count("missing"), count("damaged"), count("failed"), count("cancelled"));
+    let (present, missing, damaged, failed, skipped, cancelled) = (
+        count("present"),
+        count("missing"),
+        count("damaged"),
+        count("failed"),
+        count("skipped"),
+        count("cancelled"),
+    );
     let summary = format!(
-        "{loaded} loaded ({}), {present} already present, {missing} missing, {damaged} damaged, {failed} failed",
+        "{loaded} loaded ({}), {present} already present, {missing} missing, {damaged} damaged, {failed} failed, {skipped} skipped at the deadline",
         human::bytes(bytes)
     );
-    let problems = damaged + failed + cancelled + if strict { missing } else { 0 };
-    if problems > 0 {
-        warn!(loaded, present, missing, damaged, failed, "{summary}");
-        return Err(AppError::LoadFailed { problems, total: outcomes.len() });
+    let not_loaded = missing + damaged + failed + skipped;
+    if cancelled > 0 {
+        warn!(loaded, present, missing, damaged, failed, skipped, "{summary}");
+        return Err(AppError::Interrupted);
     }
-    info!(loaded, present, missing, damaged, failed, "{summary}");
+    if not_loaded == 0 {
+        info!(loaded, present, missing, damaged, failed, skipped, "{summary}");
+        return Ok(());
+    }
+    warn!(loaded, present, missing, damaged, failed, skipped, "{summary}");
+    if strict {
+        return Err(AppError::LoadFailed { problems: not_loaded, total: outcomes.len() });
+    }
+    info!("{not_loaded} archive(s) not loaded: the job pulls what it lacks (--strict makes this an error)");
     Ok(())
 }

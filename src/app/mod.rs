@@ -39,7 +39,7 @@ pub enum AppError {
     Docker(#[from] DockerError),
     #[error("{failed} of {total} images failed")]
     ImagesFailed { failed: usize, total: usize },
-    #[error("interrupted; the archives being written were abandoned")]
+    #[error("interrupted; the work under way was abandoned")]
     Interrupted,
     #[error("{problems} of {total} archives in {dir} need attention")]
     VerifyFailed { problems: usize, total: usize, dir: PathBuf },

@@ -1,22 +1,51 @@
 //! `load`: the consumer side. Archives go into a runner's own daemon before a CI job starts.
 //!
-//! Each archive is read once to check it (a complete image archive, matching its record when it
-//! has one) and to learn its image ID from `manifest.json`; an image the daemon already has is
-//! skipped; anything else is streamed to the daemon's load endpoint. Nothing is ever written to the
-//! archive directory, so it can be mounted read-only.
+//! Each archive is read once, and the same bytes feed both the check (a complete image archive,
+//! matching its record when it has one) and the upload to the daemon's load endpoint. The end of
+//! the archive, from its end-of-archive marker on, is held back until the check has passed: a
+//! daemon cannot finish a load, let alone tag an image, before it has the whole tar, and when the
+//! check fails the upload is aborted instead, so the daemon loads and tags nothing. Before that, a
+//! walk over the archive's tar headers (seeking over layer data) finds the images it holds, so that
+//! an archive the daemon already has is skipped without being read.
+//!
+//! Failures stay with their archive: a missing, damaged or unloadable one is reported and skipped
+//! while the others load; the caller decides the exit code. An optional deadline bounds the whole
+//! run: what is not loaded by then is skipped. Nothing is ever written to the archive directory, so
+//! it can be mounted read-only.
 
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use futures_util::stream::{self, StreamExt};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::daemon::DockerDaemon;
-use crate::format::layout::ArchiveContents;
+use crate::format::layout::{self, ArchiveContents};
+use crate::format::tar::TarScanner;
 use crate::human;
-use crate::store::check::{FileCheck, check_file};
+use crate::store::check::hex;
 use crate::store::record::{Record, RecordError};
+
+/// Bytes read from the archive at a time while streaming it.
+const READ_CHUNK: usize = 1 << 20;
+/// Chunks read ahead of the upload.
+const READ_AHEAD: usize = 4;
+/// Bytes read at a time by the header walk (everything else is seeked over).
+const WALK_CHUNK: usize = 64 << 10;
+/// How long to wait for a pending record (written just before the DaemonSet renames a new archive
+/// into place) to be settled, and how often to look.
+const PENDING_WAIT: Duration = Duration::from_secs(2);
+const PENDING_POLL: Duration = Duration::from_millis(100);
+/// Most bytes held back after the end-of-archive marker (Go's tar writer puts exactly 1 KiB there;
+/// other tools pad to a 10 KiB record).
+const HELD_MAX: usize = 16 << 20;
 
 /// One archive to load.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,10 +65,12 @@ pub enum LoadOutcome {
     Present,
     /// No such file.
     Missing,
-    /// Not a complete archive, or not matching its record; not sent.
+    /// Not a complete archive, or not matching its record; the daemon loaded nothing from it.
     Damaged(String),
-    /// The daemon refused it or the transfer failed.
+    /// Unreadable, or the daemon refused it or the transfer failed.
     Failed(String),
+    /// Not loaded before the deadline.
+    Skipped(String),
     /// Shutdown came first.
     Cancelled,
 }
@@ -53,22 +84,68 @@ impl LoadOutcome {
             LoadOutcome::Missing => "missing",
             LoadOutcome::Damaged(_) => "damaged",
             LoadOutcome::Failed(_) => "failed",
+            LoadOutcome::Skipped(_) => "skipped",
             LoadOutcome::Cancelled => "cancelled",
         }
     }
 }
 
-/// Loads `targets` into the daemon, up to `concurrency` at a time, in the given order.
+/// When the whole run must end.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    /// The moment.
+    pub at: tokio::time::Instant,
+    /// The configured duration, for messages.
+    pub after: Duration,
+}
+
+/// Why an archive cannot be loaded, found before or while it streams.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum ArchiveProblem {
+    #[error("no archive at this path")]
+    Missing,
+    #[error("{0}")]
+    Damaged(String),
+    #[error("{0}")]
+    Unreadable(String),
+}
+
+impl From<ArchiveProblem> for LoadOutcome {
+    fn from(problem: ArchiveProblem) -> LoadOutcome {
+        match problem {
+            ArchiveProblem::Missing => LoadOutcome::Missing,
+            ArchiveProblem::Damaged(why) => LoadOutcome::Damaged(why),
+            ArchiveProblem::Unreadable(why) => LoadOutcome::Failed(why),
+        }
+    }
+}
+
+/// Loads `targets` into the daemon, up to `concurrency` at a time, in the given order; with a
+/// deadline, whatever is not done by then is abandoned and reported as skipped.
 pub async fn load_all(
     daemon: &DockerDaemon,
     targets: &[LoadTarget],
     concurrency: usize,
+    deadline: Option<Deadline>,
     cancel: &CancellationToken,
 ) -> Vec<(LoadTarget, LoadOutcome)> {
     let mut outcomes: Vec<(usize, LoadOutcome)> = stream::iter(targets.iter().enumerate())
         .map(|(i, target)| async move {
             let span = info_span!("archive", archive = %target.label);
-            (i, load_one(daemon, target, cancel).instrument(span).await)
+            let work = load_one(daemon, target, cancel).instrument(span.clone());
+            let outcome = match deadline {
+                None => work.await,
+                Some(deadline) => tokio::select! {
+                    biased;
+                    outcome = work => outcome,
+                    _ = tokio::time::sleep_until(deadline.at) => {
+                        let why = format!("not loaded within the deadline ({})", humantime::format_duration(deadline.after));
+                        span.in_scope(|| warn!("skipped: {why}"));
+                        LoadOutcome::Skipped(why)
+                    }
+                },
+            };
+            (i, outcome)
         })
         .buffer_unordered(concurrency.max(1))
         .collect()
@@ -81,35 +158,46 @@ async fn load_one(daemon: &DockerDaemon, target: &LoadTarget, cancel: &Cancellat
     if cancel.is_cancelled() {
         return LoadOutcome::Cancelled;
     }
-    if !target.path.is_file() {
-        warn!(path = %target.path.display(), "missing: no archive at this path");
-        return LoadOutcome::Missing;
-    }
     let path = target.path.clone();
-    let checked = tokio::task::spawn_blocking(move || check(&path)).await.expect("archive check panicked");
-    let (contents, size) = match checked {
-        Ok(ok) => ok,
-        Err(why) => {
-            error!("damaged, not loaded: {why}");
-            return LoadOutcome::Damaged(why);
-        }
+    let opened = match blocking(move || Opened::open(&path)).await {
+        Ok(opened) => opened,
+        Err(problem) => return report(problem),
     };
-    match daemon.has_images(&contents).await {
-        Ok(true) => {
-            info!("already present in the daemon");
-            return LoadOutcome::Present;
+
+    // Skip what the daemon has: the images are known from the headers, without reading layers.
+    let opened = if opened.regular {
+        let (opened, walked) = blocking(move || {
+            let walked = opened.walk();
+            (opened, walked)
+        })
+        .await;
+        match walked {
+            Ok(contents) => match daemon.has_images(&contents).await {
+                Ok(true) => {
+                    info!("already present in the daemon");
+                    return LoadOutcome::Present;
+                }
+                Ok(false) => {}
+                Err(e) => warn!("cannot tell whether the daemon has it, loading: {e}"),
+            },
+            Err(problem) => return report(problem),
         }
-        Ok(false) => {}
-        Err(e) => warn!("cannot tell whether the daemon has it, loading: {e}"),
-    }
+        opened
+    } else {
+        opened
+    };
+
     let started = Instant::now();
+    let (body, verdict) = opened.stream();
     let loaded = tokio::select! {
         biased;
         _ = cancel.cancelled() => return LoadOutcome::Cancelled,
-        loaded = daemon.load(&target.path) => loaded,
+        loaded = daemon.load(&target.label, body) => loaded,
     };
-    match loaded {
-        Ok(images) => {
+    // The reader ends as soon as the upload does, whichever way it ended.
+    let verdict = verdict.await.unwrap_or(Verdict::Abandoned);
+    match (verdict, loaded) {
+        (Verdict::Checked { size }, Ok(images)) => {
             let elapsed = started.elapsed();
             info!(
                 bytes = size,
@@ -122,46 +210,233 @@ async fn load_one(daemon: &DockerDaemon, target: &LoadTarget, cancel: &Cancellat
             );
             LoadOutcome::Loaded { images, bytes: size, elapsed }
         }
-        Err(e) => {
+        (Verdict::Problem(problem), _) => {
+            error!("not loaded, the upload was aborted: {problem}");
+            problem.into()
+        }
+        (_, Err(e)) => {
             error!("{e}");
             LoadOutcome::Failed(e.to_string())
         }
+        (Verdict::Abandoned, Ok(_)) => {
+            LoadOutcome::Failed("the daemon finished the load before the archive was checked".into())
+        }
     }
 }
 
-/// Reads the archive and compares it with its record. If they disagree, reads both once more:
-/// the DaemonSet may have replaced the archive (and then its record) while we read.
-fn check(path: &Path) -> Result<(ArchiveContents, u64), String> {
-    let mut last = String::new();
-    for _ in 0..2 {
+fn report(problem: ArchiveProblem) -> LoadOutcome {
+    match &problem {
+        ArchiveProblem::Missing => warn!("missing: {problem}"),
+        ArchiveProblem::Damaged(why) => error!("damaged, not loaded: {why}"),
+        ArchiveProblem::Unreadable(why) => error!("not loaded: {why}"),
+    }
+    problem.into()
+}
+
+/// Runs blocking file work off the async threads.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(work).await.expect("archive reader panicked")
+}
+
+/// An open archive and what its record says.
+#[derive(Debug)]
+struct Opened {
+    file: File,
+    /// Size at open (0 for a pipe).
+    size: u64,
+    /// A regular file (seekable, with a size); otherwise a pipe or device, read as it comes.
+    regular: bool,
+    record: Option<Record>,
+}
+
+impl Opened {
+    /// Opens the archive and reads its record. A record whose size disagrees is read once more
+    /// with the file: the DaemonSet may have replaced both in between.
+    fn open(path: &Path) -> Result<Opened, ArchiveProblem> {
+        let mut last = None;
+        for _ in 0..2 {
+            let record = settled_record(path)?;
+            let file = match File::open(path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ArchiveProblem::Missing),
+                Err(e) => return Err(ArchiveProblem::Unreadable(format!("cannot open it: {e}"))),
+            };
+            let meta =
+                file.metadata().map_err(|e| ArchiveProblem::Unreadable(format!("cannot stat it: {e}")))?;
+            if meta.is_dir() {
+                return Err(ArchiveProblem::Unreadable("it is a directory".into()));
+            }
+            if let Some(record) = &record {
+                if let Some(why) = &record.damaged {
+                    return Err(ArchiveProblem::Damaged(format!("verify marked it damaged: {why}")));
+                }
+                if meta.is_file() && record.size != meta.len() {
+                    last = Some(format!("it has {} bytes, its record says {}", meta.len(), record.size));
+                    continue;
+                }
+            }
+            return Ok(Opened { file, size: meta.len(), regular: meta.is_file(), record });
+        }
+        Err(ArchiveProblem::Damaged(last.unwrap_or_default()))
+    }
+
+    /// What the archive holds, from its tar headers and small metadata files; layer data is
+    /// seeked over. Refuses an archive that is not complete (a truncated one, for instance).
+    fn walk(&self) -> Result<ArchiveContents, ArchiveProblem> {
+        let damaged =
+            |e: &dyn std::fmt::Display| ArchiveProblem::Damaged(format!("not a complete image archive: {e}"));
+        let mut scanner = TarScanner::new(layout::capture_filter);
+        let mut at = 0u64;
+        let mut buf = vec![0u8; WALK_CHUNK];
+        while at < self.size {
+            let skip = scanner.skippable().min(self.size - at);
+            if skip > 0 {
+                scanner.skip(skip);
+                at += skip;
+                continue;
+            }
+            let want = usize::try_from(self.size - at).unwrap_or(usize::MAX).min(WALK_CHUNK);
+            let n = match self.file.read_at(&mut buf[..want], at) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ArchiveProblem::Unreadable(format!("cannot read it: {e}"))),
+            };
+            scanner.update(&buf[..n]).map_err(|e| damaged(&e))?;
+            at += n as u64;
+        }
+        let listing = scanner.finish().map_err(|e| damaged(&e))?;
+        layout::check(&listing).map_err(|e| damaged(&e))
+    }
+
+    /// The archive's bytes for the upload, and the check's verdict once the file is read. The bytes
+    /// from the end-of-archive marker on are sent only if the check passes; otherwise the stream
+    /// ends with an error, which aborts the upload.
+    fn stream(
+        self,
+    ) -> (
+        impl futures_util::Stream<Item = Result<Bytes, io::Error>> + Send + 'static,
+        oneshot::Receiver<Verdict>,
+    ) {
+        let (tx, rx) = mpsc::channel(READ_AHEAD);
+        let (verdict_tx, verdict) = oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            let verdict = read_and_check(self.file, self.record.as_ref(), &tx);
+            if let Verdict::Problem(problem) = &verdict {
+                // Abort the upload: the body ends with an error instead of its last bytes.
+                let _ = tx.blocking_send(Err(io::Error::other(problem.to_string())));
+            }
+            let _ = verdict_tx.send(verdict);
+        });
+        let body = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+        (body, verdict)
+    }
+}
+
+/// The archive's record, once settled. A pending record is written just before the DaemonSet
+/// renames a new archive into place and made final right after; until then the file may be the old
+/// archive or the new one, so the record is waited for briefly and otherwise not used (the archive
+/// is then checked for completeness only).
+fn settled_record(path: &Path) -> Result<Option<Record>, ArchiveProblem> {
+    let started = Instant::now();
+    loop {
         let record = match Record::read(path) {
             Ok(record) => record,
             Err(RecordError::Invalid { message, .. }) => {
-                return Err(format!("its record is unreadable: {message}"));
+                return Err(ArchiveProblem::Damaged(format!("its record is unreadable: {message}")));
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(ArchiveProblem::Unreadable(e.to_string())),
         };
-        let file = check_file(path).map_err(|e| e.to_string())?;
-        match compare(record.as_ref(), file) {
-            Ok(ok) => return Ok(ok),
-            Err(why) => last = why,
+        match record {
+            Some(record) if record.pending => {
+                if started.elapsed() >= PENDING_WAIT {
+                    warn!(
+                        "its record is still pending (an archive being replaced): checking completeness only"
+                    );
+                    return Ok(None);
+                }
+                std::thread::sleep(PENDING_POLL);
+            }
+            record => return Ok(record),
         }
     }
-    Err(last)
 }
 
-fn compare(record: Option<&Record>, file: FileCheck) -> Result<(ArchiveContents, u64), String> {
-    let contents = file.contents.map_err(|why| format!("not a complete image archive: {why}"))?;
-    if let Some(record) = record {
-        if let Some(why) = &record.damaged {
-            return Err(format!("verify marked it damaged: {why}"));
+/// How reading and checking an archive ended.
+#[derive(Debug)]
+enum Verdict {
+    /// Read whole, checked, and every byte sent.
+    Checked { size: u64 },
+    /// Damaged or unreadable: its end was not sent.
+    Problem(ArchiveProblem),
+    /// The upload ended first (the daemon refused it, or shutdown).
+    Abandoned,
+}
+
+/// Reads `file` to its end, checking every byte on its way to `tx`; holds back the bytes from the
+/// end-of-archive marker on until the check has passed.
+fn read_and_check(
+    mut file: File,
+    record: Option<&Record>,
+    tx: &mpsc::Sender<Result<Bytes, io::Error>>,
+) -> Verdict {
+    let damaged = |why: String| Verdict::Problem(ArchiveProblem::Damaged(why));
+    let mut scanner = TarScanner::new(layout::capture_filter);
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut held = BytesMut::new();
+    loop {
+        let mut buf = vec![0u8; READ_CHUNK];
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Verdict::Problem(ArchiveProblem::Unreadable(format!("cannot read it: {e}"))),
+        };
+        buf.truncate(n);
+        let chunk = Bytes::from(buf);
+        hasher.update(&chunk);
+        let start = size;
+        size += n as u64;
+        if let Err(e) = scanner.update(&chunk) {
+            return damaged(format!("not a complete image archive: {e}"));
         }
-        if record.size != file.size {
-            return Err(format!("it has {} bytes, its record says {}", file.size, record.size));
+        let cut = match scanner.end_marker() {
+            Some(marker) if held.is_empty() => {
+                usize::try_from(marker.saturating_sub(start)).unwrap_or(n).min(n)
+            }
+            Some(_) => 0,
+            None => n,
+        };
+        held.extend_from_slice(&chunk[cut..]);
+        if held.len() > HELD_MAX {
+            return damaged(format!(
+                "more than {} after its end-of-archive marker",
+                human::bytes(HELD_MAX as u64)
+            ));
         }
-        if record.sha256 != file.sha256 {
-            return Err(format!("its sha256 is {}, its record says {}", file.sha256, record.sha256));
+        if cut > 0 && tx.blocking_send(Ok(chunk.slice(..cut))).is_err() {
+            return Verdict::Abandoned;
         }
     }
-    Ok((contents, file.size))
+    let contents = scanner
+        .finish()
+        .map_err(|e| e.to_string())
+        .and_then(|listing| layout::check(&listing).map_err(|e| e.to_string()));
+    if let Err(why) = contents {
+        return damaged(format!("not a complete image archive: {why}"));
+    }
+    if let Some(record) = record {
+        if record.size != size {
+            return damaged(format!("it has {size} bytes, its record says {}", record.size));
+        }
+        let sha256 = hex(&hasher.finalize());
+        if record.sha256 != sha256 {
+            return damaged(format!("its sha256 is {sha256}, its record says {}", record.sha256));
+        }
+    }
+    if !held.is_empty() && tx.blocking_send(Ok(held.freeze())).is_err() {
+        return Verdict::Abandoned;
+    }
+    Verdict::Checked { size }
 }

@@ -3,7 +3,6 @@
 
 pub mod load;
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
@@ -168,17 +167,23 @@ impl DockerDaemon {
         }
     }
 
-    /// Streams the archive at `path` to the daemon's load endpoint and returns what it loaded
-    /// (`name:tag`, or an image ID for untagged images).
-    pub async fn load(&self, path: &Path) -> Result<Vec<String>, CallError> {
-        let what = format!("loading {}", path.display());
+    /// Streams an archive to the daemon's load endpoint and returns what it loaded (`name:tag`, or
+    /// an image ID for untagged images). If `archive` yields an error, the request is aborted
+    /// before its body ends, so the daemon sees a broken upload and loads (and tags) nothing.
+    pub async fn load<S>(&self, label: &str, archive: S) -> Result<Vec<String>, CallError>
+    where
+        S: futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    {
+        let what = format!("loading {label}");
         let load_err = |message| CallError { what: what.clone(), status: None, message };
-        let chunks = read_chunks(path.to_owned());
         let options = ImportImageOptionsBuilder::default().quiet(true).build();
-        let mut progress = self.client.import_image_stream(options, chunks, None);
+        let mut progress = self.client.import_image_stream(options, archive, None);
         let mut loaded = Vec::new();
         while let Some(item) = progress.next().await {
             let info = item.map_err(|e| CallError::new(what.clone(), e))?;
+            if let Some(error) = info.error_detail.and_then(|d| d.message) {
+                return Err(load_err(error));
+            }
             for line in info.stream.as_deref().unwrap_or("").lines() {
                 if let Some(name) =
                     line.strip_prefix("Loaded image: ").or_else(|| line.strip_prefix("Loaded image ID: "))
@@ -192,44 +197,6 @@ impl DockerDaemon {
         }
         Ok(loaded)
     }
-}
-
-/// Chunk size and read-ahead when streaming a file to the daemon.
-const READ_CHUNK: usize = 1 << 20;
-const READ_AHEAD: usize = 4;
-
-/// The file's bytes as a stream, read on a blocking thread with bounded read-ahead.
-fn read_chunks(
-    path: PathBuf,
-) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(READ_AHEAD);
-    tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let mut file = match std::fs::File::open(&path) {
-            Ok(file) => file,
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-        };
-        loop {
-            let mut buf = vec![0u8; READ_CHUNK];
-            match file.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    buf.truncate(n);
-                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
-                        return; // the request was dropped
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                    return;
-                }
-            }
-        }
-    });
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
 }
 
 async fn try_connect(host: &str) -> Result<(DockerDaemon, DaemonInfo), String> {

@@ -157,6 +157,7 @@ pub struct TarScanner {
     header: [u8; BLOCK],
     header_len: usize,
     zero_blocks: u8,
+    end_marker: Option<u64>,
     block_offset: u64,
     offset: u64,
     pending: Pending,
@@ -173,6 +174,7 @@ impl TarScanner {
             header: [0; BLOCK],
             header_len: 0,
             zero_blocks: 0,
+            end_marker: None,
             block_offset: 0,
             offset: 0,
             pending: Pending::default(),
@@ -185,6 +187,53 @@ impl TarScanner {
     /// Bytes consumed so far.
     pub fn offset(&self) -> u64 {
         self.offset
+    }
+
+    /// Where the end-of-archive marker begins, once its first block has been consumed.
+    pub fn end_marker(&self) -> Option<u64> {
+        self.end_marker
+    }
+
+    /// How many of the next bytes the scanner does not need to see: the rest of an entry's content
+    /// it does not capture, and the padding after it. A reader that can seek may jump over them
+    /// with [`TarScanner::skip`].
+    pub fn skippable(&self) -> u64 {
+        match &self.state {
+            State::Content { remaining, padding, sink: Sink::Discard } => remaining + padding,
+            State::Padding { remaining } => *remaining,
+            _ => 0,
+        }
+    }
+
+    /// Consumes `n` bytes without looking at them; `n` is at most [`TarScanner::skippable`].
+    pub fn skip(&mut self, mut n: u64) {
+        assert!(n <= self.skippable(), "skip past what the scanner may skip");
+        if let State::Content { remaining, padding, .. } = &mut self.state {
+            let here = n.min(*remaining);
+            *remaining -= here;
+            self.offset += here;
+            n -= here;
+            if *remaining == 0 {
+                let padding = *padding;
+                let State::Content { sink, .. } = std::mem::replace(&mut self.state, State::Header) else {
+                    unreachable!()
+                };
+                // A discarded entry: nothing to record at its end.
+                debug_assert!(matches!(sink, Sink::Discard));
+                if padding > 0 {
+                    self.state = State::Padding { remaining: padding };
+                }
+            }
+        }
+        if n > 0
+            && let State::Padding { remaining } = &mut self.state
+        {
+            *remaining -= n;
+            self.offset += n;
+            if *remaining == 0 {
+                self.state = State::Header;
+            }
+        }
     }
 
     /// Consumes the next bytes of the archive.
@@ -275,6 +324,9 @@ impl TarScanner {
         let h = self.header;
         if h.iter().all(|&b| b == 0) {
             self.zero_blocks += 1;
+            if self.zero_blocks == 1 {
+                self.end_marker = Some(self.block_offset);
+            }
             if self.zero_blocks == 2 {
                 self.state = State::End;
             }
@@ -566,6 +618,58 @@ pub(crate) mod tests {
             assert_eq!(listing.captured("abc/layer.tar"), None);
             assert_eq!(listing.resolve_file("def/layer.tar"), Some(1500));
         }
+    }
+
+    /// Scans like a reader that seeks over whatever the scanner may skip, reading `chunk` bytes
+    /// at a time otherwise.
+    fn scan_skipping(bytes: &[u8], chunk: usize) -> (Result<TarListing, TarError>, usize) {
+        let mut scanner = TarScanner::new(capture_json);
+        let (mut at, mut read) = (0usize, 0usize);
+        while at < bytes.len() {
+            let skip = (scanner.skippable() as usize).min(bytes.len() - at);
+            if skip > 0 {
+                scanner.skip(skip as u64);
+                at += skip;
+                continue;
+            }
+            let end = (at + chunk).min(bytes.len());
+            if let Err(e) = scanner.update(&bytes[at..end]) {
+                return (Err(e), read);
+            }
+            read += end - at;
+            at = end;
+        }
+        (scanner.finish(), read)
+    }
+
+    #[test]
+    fn skipping_uncaptured_content_lists_the_same_and_reads_less() {
+        let bytes = sample();
+        let whole = scan_in_chunks(&bytes, bytes.len()).unwrap();
+        for chunk in [1, 100, 512, 700] {
+            let (listing, read) = scan_skipping(&bytes, chunk);
+            let listing = listing.unwrap();
+            assert_eq!(listing.size(), whole.size());
+            assert_eq!(listing.captured("manifest.json"), whole.captured("manifest.json"));
+            assert_eq!(listing.resolve_file("def/layer.tar"), Some(1500));
+            assert!(read < bytes.len() - 1000, "chunk {chunk}: read {read} of {}", bytes.len());
+        }
+        for cut in (0..bytes.len()).step_by(97) {
+            let (listing, _) = scan_skipping(&bytes[..cut], 64);
+            assert!(matches!(listing.unwrap_err().problem, TarProblem::Truncated(_)), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn the_end_marker_offset_is_known_once_its_first_block_is_read() {
+        let bytes = sample();
+        let marker = bytes.len() as u64 - 2 * BLOCK as u64;
+        let mut scanner = TarScanner::new(capture_json);
+        scanner.update(&bytes[..marker as usize + BLOCK - 1]).unwrap();
+        assert_eq!(scanner.end_marker(), None);
+        scanner.update(&bytes[marker as usize + BLOCK - 1..]).unwrap();
+        assert_eq!(scanner.end_marker(), Some(marker));
+        scanner.finish().unwrap();
     }
 
     #[test]

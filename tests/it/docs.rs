@@ -259,6 +259,11 @@ fn assert_runner_pod(what: &str, spec: &Value) {
     assert_eq!(host["hostPath"]["path"].as_str(), Some("/opt/runner/images"), "the chart's default hostPath");
     assert_eq!(mount(loader, "dind-sock")["mountPath"].as_str(), Some("/var/run"));
     assert_eq!(flag(loader, "--docker-host"), Some("unix:///var/run/docker.sock"));
+    assert!(flag(loader, "--deadline").is_some(), "{what}: the runner's wait is bounded");
+    assert!(
+        !loader["args"].as_sequence().unwrap().iter().any(|a| a.as_str() == Some("--strict")),
+        "{what}: a bad archive must not fail the runner pod"
+    );
     let list = flag(loader, "--images-file").expect("--images-file");
     let list_dir = mount(loader, "preload-list")["mountPath"].as_str().unwrap();
     assert_eq!(Path::new(list).parent(), Some(Path::new(list_dir)));
