@@ -118,6 +118,53 @@ pub struct DaemonArgs {
     pub wait_timeout: Duration,
 }
 
+/// Where images come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// A Docker daemon pulls each image and exports it.
+    Daemon,
+    /// The registries are read directly: no daemon, nothing privileged.
+    Registry,
+    /// The daemon if one answers right away, else the registries.
+    Auto,
+}
+
+/// The image source and registry mode's settings.
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// Where images come from: `daemon` (a Docker daemon pulls and exports), `registry` (read the
+    /// registries directly, no daemon) or `auto` (the daemon if one answers right away, else the
+    /// registries) [default: `auto` for warm, `daemon` for run].
+    #[arg(long, value_enum, value_name = "MODE", env = "IMAGE_PRELOADER_MODE")]
+    pub mode: Option<ModeArg>,
+
+    /// Registry mode: a mirror tried before the registry, with fallback to it, as dockerd does:
+    /// `URL` for Docker Hub, `HOST=URL` for the registry HOST (repeatable; comma-separated in the
+    /// environment).
+    #[arg(
+        long = "registry-mirror",
+        value_name = "[HOST=]URL",
+        value_delimiter = ',',
+        env = "IMAGE_PRELOADER_REGISTRY_MIRRORS"
+    )]
+    pub registry_mirrors: Vec<String>,
+
+    /// Registry mode: a registry (`host[:port]`) spoken to over plain HTTP (repeatable;
+    /// comma-separated in the environment). Loopback registries (127.0.0.0/8, localhost) always are.
+    #[arg(
+        long = "insecure-registry",
+        value_name = "HOST",
+        value_delimiter = ',',
+        env = "IMAGE_PRELOADER_INSECURE_REGISTRIES"
+    )]
+    pub insecure_registries: Vec<String>,
+
+    /// Registry mode: a PEM file of CA certificates to trust besides the public roots built into
+    /// the binary (for registries with a private CA).
+    #[arg(long, value_name = "FILE", env = "IMAGE_PRELOADER_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+}
+
 /// Options of the commands that write archives.
 #[derive(Debug, Args)]
 pub struct PreloadArgs {
@@ -159,6 +206,9 @@ pub struct PreloadArgs {
 
     #[command(flatten)]
     pub daemon: DaemonArgs,
+
+    #[command(flatten)]
+    pub source: SourceArgs,
 
     /// Images processed at once (a pull of one overlaps the save of another).
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64), env = "IMAGE_PRELOADER_CONCURRENCY")]

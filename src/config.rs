@@ -1,13 +1,19 @@
 //! The validated configuration, built from the command line before any work starts.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::{CliCommand, DaemonArgs, ImagesArgs, LoadArgs, PreloadArgs, RefreshPolicyArg};
+use crate::cli::{
+    CliCommand, DaemonArgs, ImagesArgs, LoadArgs, ModeArg, PreloadArgs, RefreshPolicyArg, SourceArgs,
+};
 use crate::daemon::{self, DockerError};
 use crate::image::list::{self, ImageListError, ImageSpec};
 use crate::preload::pass::Settings;
 use crate::preload::policy::{MaxAge, RefreshPolicy};
+use crate::registry::RegistryHost;
+use crate::registry::client;
+use crate::registry::host::DOCKER_HUB;
 use crate::store::space::MinFree;
 
 /// Docker's default socket.
@@ -84,6 +90,32 @@ pub struct PreloadConfig {
     pub wait_timeout: Duration,
     /// Images processed at once.
     pub concurrency: usize,
+    /// Where images come from.
+    pub source: SourceConfig,
+}
+
+/// Where images come from (`--mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A Docker daemon.
+    Daemon,
+    /// The registries, directly.
+    Registry,
+    /// The daemon if it answers right away, else the registries.
+    Auto,
+}
+
+/// The source settings.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// `--mode`, with the command's default applied.
+    pub mode: Mode,
+    /// Mirror URLs per registry host (`docker.io` for Docker Hub), in the order given.
+    pub mirrors: HashMap<String, Vec<String>>,
+    /// Registries spoken to over plain HTTP.
+    pub insecure: Vec<String>,
+    /// Extra CA certificates (checked readable and valid).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl PreloadConfig {
@@ -113,6 +145,8 @@ pub struct RunConfig {
 pub enum ConfigError {
     #[error("{0}")]
     Images(#[from] ImageListError),
+    #[error("{0}")]
+    Registry(String),
     #[error("no images given: pass IMAGE arguments or --images-file")]
     NoImages,
     #[error("{0}")]
@@ -128,10 +162,11 @@ impl TryFrom<CliCommand> for Config {
 
     fn try_from(command: CliCommand) -> Result<Config, ConfigError> {
         Ok(match command {
-            CliCommand::Run(args) => {
-                Config::Run(RunConfig { preload: preload_config(args.preload)?, interval: args.interval })
-            }
-            CliCommand::Warm(args) => Config::Warm(preload_config(args.preload)?),
+            CliCommand::Run(args) => Config::Run(RunConfig {
+                preload: preload_config(args.preload, Mode::Daemon)?,
+                interval: args.interval,
+            }),
+            CliCommand::Warm(args) => Config::Warm(preload_config(args.preload, Mode::Auto)?),
             CliCommand::Path(args) => Config::Path { images: path_list(&args.images)?, record: args.record },
             CliCommand::Verify(args) => Config::Verify { dir: args.dir.dir },
             CliCommand::Load(args) => Config::Load(load_config(args)?),
@@ -203,8 +238,55 @@ fn load_config(args: LoadArgs) -> Result<LoadConfig, ConfigError> {
     })
 }
 
-fn preload_config(args: PreloadArgs) -> Result<PreloadConfig, ConfigError> {
+/// `[HOST=]URL` → (registry host, URL); no HOST means Docker Hub.
+fn parse_mirror(text: &str) -> Result<(String, String), ConfigError> {
+    let bad = |why: &str| ConfigError::Registry(format!("invalid --registry-mirror {text:?}: {why}"));
+    let (host, url) = match text.split_once('=') {
+        Some((host, url)) => (RegistryHost::new(host.trim()).as_str().to_owned(), url.trim()),
+        None => (DOCKER_HUB.to_owned(), text.trim()),
+    };
+    if host.is_empty() || host.contains('/') {
+        return Err(bad("HOST must be a registry host such as ghcr.io or registry.local:5000"));
+    }
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+    match rest {
+        Some(rest) if !rest.is_empty() && !rest.starts_with('/') => {
+            Ok((host, url.trim_end_matches('/').to_owned()))
+        }
+        _ => Err(bad("the mirror must be an http:// or https:// URL")),
+    }
+}
+
+fn source_config(args: SourceArgs, default_mode: Mode) -> Result<SourceConfig, ConfigError> {
+    let mut mirrors: HashMap<String, Vec<String>> = HashMap::new();
+    for text in args.registry_mirrors.iter().filter(|t| !t.trim().is_empty()) {
+        let (host, url) = parse_mirror(text)?;
+        mirrors.entry(host).or_default().push(url);
+    }
+    if let Some(path) = &args.ca_file {
+        client::load_ca(path).map_err(|e| ConfigError::Registry(e.to_string()))?;
+    }
+    Ok(SourceConfig {
+        mode: match args.mode {
+            None => default_mode,
+            Some(ModeArg::Daemon) => Mode::Daemon,
+            Some(ModeArg::Registry) => Mode::Registry,
+            Some(ModeArg::Auto) => Mode::Auto,
+        },
+        mirrors,
+        insecure: args
+            .insecure_registries
+            .iter()
+            .filter(|h| !h.trim().is_empty())
+            .map(|h| RegistryHost::new(h.trim()).as_str().to_owned())
+            .collect(),
+        ca_file: args.ca_file,
+    })
+}
+
+fn preload_config(args: PreloadArgs, default_mode: Mode) -> Result<PreloadConfig, ConfigError> {
     let docker_host = docker_host(&args.daemon)?;
+    let source = source_config(args.source, default_mode)?;
     Ok(PreloadConfig {
         images: image_list(&args.images)?,
         dir: args.dir.dir,
@@ -219,5 +301,6 @@ fn preload_config(args: PreloadArgs) -> Result<PreloadConfig, ConfigError> {
         docker_host,
         wait_timeout: args.daemon.wait_timeout,
         concurrency: usize::from(args.concurrency),
+        source,
     })
 }

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::daemon::DockerError;
 use crate::image::list::ImageSpec;
+use crate::registry::client::RegistryError;
 use crate::store::StoreError;
 use crate::store::names::record_path;
 
@@ -47,13 +48,15 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error("{problems} of {total} archives could not be loaded")]
     LoadFailed { problems: usize, total: usize },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
 }
 
 impl AppError {
     /// The exit code for this error.
     pub fn exit(&self) -> Exit {
         match self {
-            AppError::Docker(DockerError::UnsupportedHost { .. }) => Exit::Usage,
+            AppError::Docker(DockerError::UnsupportedHost { .. }) | AppError::Registry(_) => Exit::Usage,
             AppError::Docker(DockerError::Unavailable { .. }) => Exit::DaemonUnavailable,
             AppError::Docker(DockerError::Interrupted { .. }) | AppError::Interrupted => Exit::Interrupted,
             AppError::ImagesFailed { .. }

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -10,13 +11,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::app::AppError;
-use crate::config::{PreloadConfig, RunConfig};
+use crate::config::{Mode, PreloadConfig, RunConfig};
 use crate::daemon::{DockerDaemon, DockerError};
 use crate::image::list::ImageSpec;
 use crate::preload::cycle;
 use crate::preload::pass::Preloader;
 use crate::preload::status::StatusFeed;
+use crate::registry::client::{ClientOptions, RegistryClient};
+use crate::registry::manifest::host_platform;
+use crate::registry::{ConfigLocation, Keyring, RegistryHost};
 use crate::source::Source;
+use crate::source::registry::RegistrySource;
 use crate::store::{ArchiveStore, prune};
 
 /// `--prune`: removes recorded archives not in `images`. Failures are logged, not fatal.
@@ -42,11 +47,15 @@ async fn remove_leftovers(store: &ArchiveStore) {
     }
 }
 
-/// Removes leftovers of killed runs and waits for the source.
+/// How long `--mode auto` waits for a daemon before reading the registries instead.
+const AUTO_DAEMON_WAIT: Duration = Duration::from_secs(2);
+
+/// Removes leftovers of killed runs, then picks and readies the source: waits for the daemon, or
+/// sets up the registry client.
 async fn prepare(
     config: &PreloadConfig,
     shutdown: &CancellationToken,
-) -> Result<Preloader<Source>, DockerError> {
+) -> Result<Preloader<Source>, AppError> {
     info!(
         images = config.images.len(),
         dir = %config.dir.display(),
@@ -60,15 +69,75 @@ async fn prepare(
     );
     let store = ArchiveStore::new(&config.dir);
     remove_leftovers(&store).await;
-    let (daemon, about) =
-        DockerDaemon::wait_until_ready(&config.docker_host, config.wait_timeout, shutdown).await?;
+    let source = match config.source.mode {
+        Mode::Daemon => Source::Daemon(connect(config, config.wait_timeout, shutdown).await?),
+        Mode::Registry => {
+            info!(
+                mode = "registry",
+                "registry mode (--mode registry): reading the registries directly, no daemon"
+            );
+            registry_source(config)?
+        }
+        Mode::Auto => match connect(config, AUTO_DAEMON_WAIT, shutdown).await {
+            Ok(daemon) => {
+                info!(
+                    mode = "daemon",
+                    docker_host = daemon.host(),
+                    "daemon mode (--mode auto): the docker daemon answered"
+                );
+                Source::Daemon(daemon)
+            }
+            Err(DockerError::Unavailable { host, .. }) => {
+                info!(
+                    mode = "registry",
+                    "registry mode (--mode auto): no docker daemon answered at {host} within {}s; reading the registries directly",
+                    AUTO_DAEMON_WAIT.as_secs()
+                );
+                registry_source(config)?
+            }
+            Err(e) => return Err(e.into()),
+        },
+    };
+    Ok(Preloader::new(source, store, config.settings()))
+}
+
+/// Waits up to `timeout` for the daemon.
+async fn connect(
+    config: &PreloadConfig,
+    timeout: Duration,
+    shutdown: &CancellationToken,
+) -> Result<DockerDaemon, DockerError> {
+    let (daemon, about) = DockerDaemon::wait_until_ready(&config.docker_host, timeout, shutdown).await?;
     info!(
         docker_host = daemon.host(),
         version = %about.version,
         api_version = %about.api_version,
         "connected to the docker daemon"
     );
-    Ok(Preloader::new(Source::Daemon(daemon), store, config.settings()))
+    Ok(daemon)
+}
+
+/// The registry source: the client with mirrors, insecure registries, the CA file and the
+/// credentials of the Docker config file, for this machine's platform.
+fn registry_source(config: &PreloadConfig) -> Result<Source, AppError> {
+    let mut keyring = Keyring::new(ConfigLocation::from_env(None));
+    if let Err(e) = keyring.reload() {
+        warn!("registry credentials: {e}; going on without them");
+    }
+    let credentials = keyring.current();
+    let options = ClientOptions {
+        insecure: config.source.insecure.clone(),
+        ca_file: config.source.ca_file.clone(),
+        mirrors: config.source.mirrors.clone(),
+        credentials: Arc::new(move |host: &str| {
+            credentials.lookup(&RegistryHost::new(host)).credentials().cloned()
+        }),
+        ..ClientOptions::default()
+    };
+    let client = RegistryClient::new(options)?;
+    let platform = host_platform();
+    info!(platform = %platform, mirrors = config.source.mirrors.len(), "registry client ready");
+    Ok(Source::Registry(Arc::new(RegistrySource::new(client, platform))))
 }
 
 pub(super) async fn warm(config: PreloadConfig, shutdown: CancellationToken) -> Result<(), AppError> {
@@ -94,8 +163,8 @@ pub(super) async fn run(config: RunConfig, shutdown: CancellationToken) -> Resul
     let preloader = match prepare(&config.preload, &shutdown).await {
         Ok(preloader) => Arc::new(preloader),
         // Shutdown while waiting for the daemon is a normal end for the sidecar.
-        Err(DockerError::Interrupted { .. }) => return Ok(()),
-        Err(e) => return Err(e.into()),
+        Err(AppError::Docker(DockerError::Interrupted { .. })) => return Ok(()),
+        Err(e) => return Err(e),
     };
     let (_list, images) = watch::channel(config.preload.images.clone());
     let feed = StatusFeed::new();

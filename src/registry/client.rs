@@ -194,21 +194,30 @@ impl fmt::Debug for RegistryClient {
     }
 }
 
-/// The TLS configuration: ring, the bundled webpki roots and the certificates of `ca_file`.
-fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, RegistryError> {
+/// The certificates of a PEM CA file (`--ca-file`); an error names the file.
+pub fn load_ca(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, RegistryError> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
+    let bad = |e: &dyn fmt::Display| RegistryError::Setup(format!("--ca-file {}: {e}", path.display()));
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| bad(&e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(&e))?;
+    if certs.is_empty() {
+        return Err(bad(&"no PEM certificate in the file"));
+    }
+    Ok(certs)
+}
+
+/// The TLS configuration: ring, the bundled webpki roots and the certificates of `ca_file`.
+fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, RegistryError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
-        let bad = |e: &dyn fmt::Display| RegistryError::Setup(format!("--ca-file {}: {e}", path.display()));
-        let mut added = 0;
-        for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
-            roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(bad(&"no PEM certificate in the file"));
+        for cert in load_ca(path)? {
+            roots
+                .add(cert)
+                .map_err(|e| RegistryError::Setup(format!("--ca-file {}: {e}", path.display())))?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -1,10 +1,11 @@
 //! Where images come from: the small interface a preload pass needs, its typed errors, and
 //! [`Source`], the source chosen at run time.
 //!
-//! Today the one implementation is a Docker daemon ([`docker`]), which pulls from the registry and
-//! exports a `docker save` archive. A daemonless source that reads registries directly fits behind
-//! the same calls: `pull` fetches manifests, `inspect` sums layer sizes, `remote_digest` is a
-//! manifest HEAD, `export` assembles the archive, `remove` does nothing.
+//! Two implementations: a Docker daemon ([`docker`]), which pulls from the registry and exports a
+//! `docker save` archive, and the registries themselves ([`registry`], registry mode): `pull`
+//! resolves the manifest, `inspect` gives the config digest and the exact archive size,
+//! `remote_digest` is a manifest HEAD, `export` assembles the archive from the blobs, `remove`
+//! does nothing.
 
 pub mod docker;
 pub mod error;
@@ -44,36 +45,43 @@ pub trait ImageSource: Send + Sync {
 pub enum Source {
     /// A Docker daemon pulls and exports.
     Daemon(DockerDaemon),
+    /// The registries are read directly (registry mode): no daemon.
+    Registry(std::sync::Arc<registry::RegistrySource>),
 }
 
 impl ImageSource for Source {
     async fn pull(&self, image: &Reference) -> Result<Pulled, SourceError> {
         match self {
             Source::Daemon(daemon) => daemon.pull(image).await,
+            Source::Registry(registry) => registry.pull(image).await,
         }
     }
 
     async fn inspect(&self, image: &Reference) -> Result<ImageFacts, SourceError> {
         match self {
             Source::Daemon(daemon) => daemon.inspect(image).await,
+            Source::Registry(registry) => registry.inspect(image).await,
         }
     }
 
     async fn remote_digest(&self, image: &Reference) -> Result<String, SourceError> {
         match self {
             Source::Daemon(daemon) => daemon.remote_digest(image).await,
+            Source::Registry(registry) => registry.remote_digest(image).await,
         }
     }
 
     fn export(&self, image: &Reference) -> BoxStream<'static, Result<Bytes, SourceError>> {
         match self {
             Source::Daemon(daemon) => daemon.export(image),
+            Source::Registry(registry) => registry.export(image),
         }
     }
 
     async fn remove(&self, image: &Reference) -> Result<(), SourceError> {
         match self {
             Source::Daemon(daemon) => daemon.remove(image).await,
+            Source::Registry(registry) => registry.remove(image).await,
         }
     }
 }

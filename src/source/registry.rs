@@ -2,9 +2,15 @@
 //! archive planned by [`crate::format::builder`], and the layers streamed from the registry into
 //! it with their digests checked on the way.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use tracing::warn;
+
+use super::{ErrorKind, ImageFacts, ImageSource, Operation, PullOutcome, Pulled, SourceError};
+use crate::registry::client;
 
 use crate::format::builder::{ArchivePlan, ArchiveSpec, BlobRef, Part};
 use crate::image::reference::Reference;
@@ -112,4 +118,95 @@ pub fn stream(
             std::future::ready(next)
         })
         .boxed()
+}
+
+/// Registries as an [`ImageSource`]: `pull` resolves the manifest for the platform and plans the
+/// archive (nothing is downloaded but the manifests and the config), `inspect` gives the config
+/// digest (the image ID) and the exact archive size, `remote_digest` is a manifest HEAD, `export`
+/// streams the archive with every layer checked, and `remove` forgets the plan.
+#[derive(Debug)]
+pub struct RegistrySource {
+    client: RegistryClient,
+    platform: Platform,
+    /// Plans made by `pull`, taken by `export`, per image.
+    planned: Mutex<HashMap<String, Prepared>>,
+}
+
+impl RegistrySource {
+    /// A source that reads registries through `client`, for `platform`.
+    pub fn new(client: RegistryClient, platform: Platform) -> RegistrySource {
+        RegistrySource { client, platform, planned: Mutex::new(HashMap::new()) }
+    }
+
+    /// The platform images are resolved for.
+    pub fn platform(&self) -> &Platform {
+        &self.platform
+    }
+
+    fn planned(&self, image: &Reference) -> Option<Prepared> {
+        self.planned.lock().expect("plan cache").get(&image.to_string()).cloned()
+    }
+}
+
+/// A registry failure as a source failure of `operation`, keeping its kind.
+fn source_error(operation: Operation, image: &Reference, error: RegistryError) -> SourceError {
+    let kind = match error.kind() {
+        client::ErrorKind::Auth => ErrorKind::Auth,
+        client::ErrorKind::NotFound => ErrorKind::NotFound,
+        client::ErrorKind::Transient => ErrorKind::Transient,
+        client::ErrorKind::Other => ErrorKind::Other,
+    };
+    SourceError { operation, image: image.to_string(), kind, message: error.to_string() }
+}
+
+impl ImageSource for RegistrySource {
+    async fn pull(&self, image: &Reference) -> Result<Pulled, SourceError> {
+        let prepared = prepare(&self.client, image, &self.platform)
+            .await
+            .map_err(|e| source_error(Operation::Pull, image, e))?;
+        let digest = Some(prepared.resolved.digest.clone());
+        self.planned.lock().expect("plan cache").insert(image.to_string(), prepared);
+        Ok(Pulled { outcome: PullOutcome::Unknown, digest })
+    }
+
+    async fn inspect(&self, image: &Reference) -> Result<ImageFacts, SourceError> {
+        let prepared = self.planned(image).ok_or_else(|| SourceError {
+            operation: Operation::Inspect,
+            image: image.to_string(),
+            kind: ErrorKind::Other,
+            message: "the image was not resolved first".into(),
+        })?;
+        Ok(ImageFacts { id: prepared.image_id().to_owned(), size: Some(prepared.plan.size()) })
+    }
+
+    async fn remote_digest(&self, image: &Reference) -> Result<String, SourceError> {
+        self.client
+            .head_digest(&Target::of(image))
+            .await
+            .map_err(|e| source_error(Operation::Resolve, image, e))
+    }
+
+    fn export(&self, image: &Reference) -> BoxStream<'static, Result<Bytes, SourceError>> {
+        let taken = self.planned.lock().expect("plan cache").remove(&image.to_string());
+        let image = image.clone();
+        match taken {
+            Some(prepared) => stream(&self.client, &prepared)
+                .map(move |item| item.map_err(|e| source_error(Operation::Export, &image, e)))
+                .boxed(),
+            None => futures_util::stream::once(async move {
+                Err(SourceError {
+                    operation: Operation::Export,
+                    image: image.to_string(),
+                    kind: ErrorKind::Other,
+                    message: "the image was not resolved first".into(),
+                })
+            })
+            .boxed(),
+        }
+    }
+
+    async fn remove(&self, image: &Reference) -> Result<(), SourceError> {
+        self.planned.lock().expect("plan cache").remove(&image.to_string());
+        Ok(())
+    }
 }

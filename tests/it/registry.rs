@@ -17,7 +17,7 @@ use image_preloader::registry::retry::RetryPolicy;
 use image_preloader::registry::{Credentials, Secret};
 use image_preloader::source::registry::{self as archive, Prepared};
 
-use crate::support::{TestImage, registry, unique};
+use crate::support::{TestImage, read_record, registry, temporaries, unique};
 
 /// Quick retries, so tests of failures stay fast.
 fn quick_retries() -> RetryPolicy {
@@ -482,4 +482,134 @@ fn the_platform_picks_the_manifest_of_an_index() {
     let err = pick("linux/s390x").unwrap_err();
     assert!(err.to_string().contains("no manifest for platform linux/s390x"), "{err}");
     amd64.assert_loads_and_runs(&dir.path().join("linux-amd64.tar"));
+}
+
+// ---- registry mode through the binary ------------------------------------------------------------
+
+fn warm_cli(dir: &Path, extra: &[&str], images: &[&str]) -> crate::support::Finished {
+    let mut args = vec!["warm", "--dir", dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(images);
+    crate::support::run(crate::support::preloader(&args), Duration::from_secs(120))
+}
+
+/// No daemon answers here: registry mode must not need one.
+const NO_DAEMON: &str = "unix:///nonexistent/docker.sock";
+
+#[test]
+fn registry_mode_archives_load_to_the_same_image_as_daemon_mode() {
+    let name = unique("regmode");
+    let image = TestImage::push_with_data(&format!("ipt/{name}"), "1", 500_000);
+    let (daemon_dir, registry_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let archive = |dir: &Path| dir.join(format!("ipt/{name}_1.tar"));
+
+    warm_cli(daemon_dir.path(), &["--mode", "daemon"], &[&image.reference]).assert_code(0);
+    image.remove_local();
+    let out = warm_cli(
+        registry_dir.path(),
+        &["--mode", "registry", "--docker-host", NO_DAEMON],
+        &[&image.reference],
+    );
+    out.assert_code(0);
+    assert!(out.stderr.contains("registry mode"), "{}", out.stderr);
+    assert!(!image.is_local(), "registry mode pulled nothing into the daemon");
+
+    let (from_daemon, from_registry) =
+        (read_record(&archive(daemon_dir.path())), read_record(&archive(registry_dir.path())));
+    assert_eq!(from_registry["image_id"], image.id.as_str());
+    assert_eq!(from_registry["image_id"], from_daemon["image_id"]);
+    assert_eq!(from_registry["repo_digest"], image.digest.as_str());
+    assert_eq!(from_registry["repo_digest"], from_daemon["repo_digest"]);
+    assert_eq!(from_registry["size"], std::fs::metadata(archive(registry_dir.path())).unwrap().len());
+    assert!(temporaries(registry_dir.path()).is_empty());
+
+    image.assert_loads_and_runs(&archive(registry_dir.path()));
+    image.assert_loads_and_runs(&archive(daemon_dir.path()));
+
+    // The `load` command checks it like a daemon's export (and finds the image present).
+    let load = crate::support::run(
+        crate::support::preloader(&[
+            "load",
+            "--dir",
+            registry_dir.path().to_str().unwrap(),
+            "--image",
+            &image.reference,
+        ]),
+        Duration::from_secs(60),
+    );
+    load.assert_code(0);
+    assert!(load.stdout.starts_with("present"), "{}", load.stdout);
+
+    // Refresh in registry mode is a manifest HEAD: nothing written.
+    crate::support::age_file(&archive(registry_dir.path()), crate::support::DAY * 8);
+    let content = std::fs::read(archive(registry_dir.path())).unwrap();
+    let out = warm_cli(
+        registry_dir.path(),
+        &["--mode", "registry", "--docker-host", NO_DAEMON],
+        &[&image.reference],
+    );
+    out.assert_code(0);
+    assert!(out.stderr.contains("the registry still serves the archived digest"), "{}", out.stderr);
+    assert_eq!(std::fs::read(archive(registry_dir.path())).unwrap(), content);
+}
+
+#[test]
+fn registry_mode_publishes_nothing_from_wrong_bytes() {
+    let name = unique("regbad");
+    let image = TestImage::push_with_data(&format!("ipt/{name}"), "1", 300_000);
+    let proxy = FaultProxy::start(|seen, _| if is_big_blob(seen) { Fault::Corrupt } else { Fault::None });
+    let dir = tempfile::tempdir().unwrap();
+    let out = warm_cli(dir.path(), &["--mode", "registry"], &[&via(&proxy, &image)]);
+    out.assert_code(1);
+    assert!(out.stderr.contains("served wrong content for blob sha256:"), "{}", out.stderr);
+    let files = crate::support::files(dir.path());
+    assert!(
+        files.keys().all(|f| !f.ends_with(".tar") && !f.ends_with(".json")),
+        "nothing published: {files:?}"
+    );
+    assert!(temporaries(dir.path()).is_empty(), "{files:?}");
+}
+
+#[test]
+fn auto_mode_without_a_daemon_reads_the_registry() {
+    let name = unique("regauto");
+    let image = TestImage::push(&format!("ipt/{name}"), "1");
+    let dir = tempfile::tempdir().unwrap();
+    let out = warm_cli(dir.path(), &["--docker-host", NO_DAEMON], &[&image.reference]);
+    out.assert_code(0);
+    assert!(
+        out.stderr.contains("no docker daemon answered") && out.stderr.contains("registry mode"),
+        "{}",
+        out.stderr
+    );
+    image.assert_loads_and_runs(&dir.path().join(format!("ipt/{name}_1.tar")));
+    // With a daemon, auto picks it and says so.
+    let other = tempfile::tempdir().unwrap();
+    let out = warm_cli(other.path(), &[], &[&image.reference]);
+    out.assert_code(0);
+    assert!(out.stderr.contains("daemon mode"), "{}", out.stderr);
+}
+
+#[test]
+fn registry_mirror_flags_with_fallback() {
+    let name = unique("regmirrorcli");
+    let image = TestImage::push(&format!("ipt/{name}"), "1");
+    let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    // The upstream is down: the mirror serves.
+    let down = image.reference.replacen(registry(), &dead, 1);
+    let mirror = format!("{dead}=http://{}", registry());
+    warm_cli(dir.path(), &["--mode", "registry", "--registry-mirror", &mirror], &[&down]).assert_code(0);
+    // The mirror is down: the upstream serves.
+    let other = tempfile::tempdir().unwrap();
+    let mirror = format!("{}=http://{dead}", registry());
+    let out =
+        warm_cli(other.path(), &["--mode", "registry", "--registry-mirror", &mirror], &[&image.reference]);
+    out.assert_code(0);
+    assert!(out.stderr.contains("mirror"), "the fallback is logged: {}", out.stderr);
+    // A bad mirror is a usage error before any work.
+    let out =
+        warm_cli(other.path(), &["--mode", "registry", "--registry-mirror", "ftp://x"], &[&image.reference]);
+    out.assert_code(2);
+    assert!(out.stderr.contains("--registry-mirror"), "{}", out.stderr);
 }
