@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark: image-preloader against the seed chart's shell sequence and skopeo, side by side.
 # See bench/README.md. Usage: bench/run.sh [--quick] [--rounds N] [--only W1,W2,W3]
-#                                         [--contenders seed,warm,warm-rebuild,skopeo] [--help]
+#                                         [--contenders seed,warm,warm-rebuild,registry,skopeo]
+#                                         [--load-rounds N] [--help]
 set -euo pipefail
 
 # ---------------------------------------------------------------------------------------------------
@@ -67,8 +68,11 @@ Options:
   --quick               small workloads (W1 4x32 MiB, W2 8 images of 16 MiB), 2 rounds
   --rounds N            rounds per workload (default 3; --quick 2)
   --only LIST           workloads to run, comma-separated: W1,W2,W3 (default all)
-  --contenders LIST     comma-separated: seed,warm,warm-rebuild,skopeo (default all;
-                        warm-rebuild runs in W3 only, skopeo only if it can be installed)
+  --contenders LIST     comma-separated: seed,warm,warm-rebuild,registry,skopeo (default all;
+                        warm-rebuild runs in W3 only, skopeo only if it can be installed;
+                        registry is `warm --mode registry`)
+  --load-rounds N       rounds of the load comparison (default 3; 0 skips it): `docker load -i`
+                        of W1's and W2's daemon-mode and registry-mode archives, alternately
   --help                this text
 
 Workloads:
@@ -82,7 +86,8 @@ EOF
 QUICK=0
 ROUNDS=
 ONLY=W1,W2,W3
-CONTENDERS=seed,warm,warm-rebuild,skopeo
+CONTENDERS=seed,warm,warm-rebuild,registry,skopeo
+LOAD_ROUNDS=3
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -92,6 +97,8 @@ while [ $# -gt 0 ]; do
     --only=*) ONLY=${1#*=} ;;
     --contenders) CONTENDERS=${2:?--contenders needs a list}; shift ;;
     --contenders=*) CONTENDERS=${1#*=} ;;
+    --load-rounds) LOAD_ROUNDS=${2:?--load-rounds needs a number}; shift ;;
+    --load-rounds=*) LOAD_ROUNDS=${1#*=} ;;
     -h | --help) usage; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -99,11 +106,12 @@ while [ $# -gt 0 ]; do
 done
 ONLY=${ONLY^^}
 [[ -z $ROUNDS || $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "--rounds: not a positive number: $ROUNDS" >&2; exit 2; }
+[[ $LOAD_ROUNDS =~ ^[0-9]+$ ]] || { echo "--load-rounds: not a number: $LOAD_ROUNDS" >&2; exit 2; }
 for w in ${ONLY//,/ }; do
   [[ $w =~ ^W[123]$ ]] || { echo "--only: unknown workload $w (W1, W2, W3)" >&2; exit 2; }
 done
 for c in ${CONTENDERS//,/ }; do
-  [[ $c =~ ^(seed|warm|warm-rebuild|skopeo)$ ]] || { echo "--contenders: unknown contender $c" >&2; exit 2; }
+  [[ $c =~ ^(seed|warm|warm-rebuild|registry|skopeo)$ ]] || { echo "--contenders: unknown contender $c" >&2; exit 2; }
 done
 
 MIB=$((1024 * 1024))
@@ -289,6 +297,7 @@ contender_cmd() { # contender dir list -> CMD array
     skopeo) CMD=("$SELF" __skopeo "$dir" "$list" 7) ;;
     warm) CMD=("$BIN" warm --dir "$dir" "${refs[@]}") ;;
     warm-rebuild) CMD=("$BIN" warm --dir "$dir" --refresh-policy rebuild "${refs[@]}") ;;
+    registry) CMD=("$BIN" warm --mode registry --dir "$dir" "${refs[@]}") ;;
   esac
 }
 
@@ -352,7 +361,7 @@ age_archives() { # dir
 
 run_workload() { # W
   local w=$1 list="$WORK/$1.list" cs=() c
-  for c in seed warm warm-rebuild skopeo; do
+  for c in seed warm warm-rebuild registry skopeo; do
     has "$c" "$CONTENDERS" || continue
     [ "$c" = warm-rebuild ] && [ "$w" != W3 ] && continue
     cs+=("$c")
@@ -388,6 +397,44 @@ run_workload() { # W
   done
 }
 
+# `docker load -i` of the daemon-mode archive (uncompressed layers) against the registry-mode
+# archive (the registry's gzip layers) of the same images, alternately; each load starts with the
+# images removed from the daemon, so every layer is unpacked again. Rows: workload L-W1/L-W2,
+# contender load-daemon/load-registry; "archive bytes" is the archive's size.
+LOADS="$WORK/loads.tsv"
+: >"$LOADS"
+run_loads() { # W
+  local w=$1 list="$WORK/$1.list" refs r c dir t0 t1 bytes
+  mapfile -t refs < <(cut -d' ' -f1 "$list")
+  step "load $w: daemon-mode vs registry-mode archives × $LOAD_ROUNDS rounds"
+  for c in daemon registry; do
+    dir="$WORK/out/L-$w-$c"
+    rm -rf "$dir" && mkdir -p "$dir"
+    remove_from_daemon "$list"
+    "$BIN" warm --mode "$c" --dir "$dir" "${refs[@]}" >"$WORK/logs/L-$w-$c.log" 2>&1 ||
+      die "warming the $c-mode archives for the load comparison failed; log: $WORK/logs/L-$w-$c.log"
+  done
+  for ((r = 1; r <= LOAD_ROUNDS; r++)); do
+    for c in daemon registry; do
+      dir="$WORK/out/L-$w-$c"
+      remove_from_daemon "$list"
+      sync
+      bytes=$(find "$dir" -name '*.tar' -type f -printf '%s\n' | awk '{s += $1} END {print s + 0}')
+      t0=$(date +%s%N)
+      while read -r _ rel; do
+        docker load -q -i "$dir/$rel" >/dev/null || die "docker load of $dir/$rel failed"
+      done <"$list"
+      t1=$(date +%s%N)
+      printf '%s\t%s\t%s\t%s\t0\t0\t0\t%s\t0\t0\n' "L-$w" "load-$c" "$r" \
+        "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b - a) / 1e9}')" "$bytes" >>"$ROWS"
+      printf '  L-%-3s round %d load-%-8s wall %8ss  archive bytes %12s\n' "$w" "$r" "$c" \
+        "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b - a) / 1e9}')" "$bytes" >&2
+    done
+  done
+  remove_from_daemon "$list"
+  rm -rf "$WORK/out/L-$w-daemon" "$WORK/out/L-$w-registry"
+}
+
 mkdir -p "$WORK/logs"
 for w in W1 W2 W3; do
   has "$w" "$ONLY" || continue
@@ -398,6 +445,12 @@ for w in W1 W2 W3; do
   has "$w" "$ONLY" || continue
   run_workload "$w"
 done
+if [ "$LOAD_ROUNDS" -gt 0 ]; then
+  for w in W1 W2; do
+    has "$w" "$ONLY" || continue
+    run_loads "$w"
+  done
+fi
 
 # ---------------------------------------------------------------------------------------------------
 # Report: raw rounds as JSON, medians as Markdown.
@@ -442,7 +495,7 @@ def human(n):
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
 
-order = ["seed", "warm", "warm-rebuild", "skopeo"]
+order = ["seed", "warm", "warm-rebuild", "registry", "skopeo", "load-daemon", "load-registry"]
 lines = [f"Mode `{doc['mode']}`, {doc['rounds']} rounds, commit `{doc['commit']}`, {doc['timestamp']}. "
          f"Machine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory_bytes'] / 2**30:.1f} GiB RAM, "
          f"Linux {machine['kernel']}, Docker {machine['docker']} ({machine['storage_driver']}), "
@@ -450,18 +503,20 @@ lines = [f"Mode `{doc['mode']}`, {doc['rounds']} rounds, commit `{doc['commit']}
          "",
          "| Workload | Contender | Wall (median) | vs seed | Peak RSS | CPU (user+sys) | Archive bytes written | All file writes | Wall min–max |",
          "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-for w in ["W1", "W2", "W3"]:
+for w in ["W1", "W2", "W3", "L-W1", "L-W2"]:
     rs = [x for x in rounds if x["workload"] == w]
     if not rs:
         continue
     med = lambda c, k: statistics.median(x[k] for x in rs if x["contender"] == c)
-    seed_wall = med("seed", "wall_s") if any(x["contender"] == "seed" for x in rs) else None
+    base = "load-daemon" if w.startswith("L-") else "seed"
+    seed_wall = med(base, "wall_s") if any(x["contender"] == base for x in rs) else None
     for c in order:
         if not any(x["contender"] == c for x in rs):
             continue
         walls = [x["wall_s"] for x in rs if x["contender"] == c]
         ratio = f"{med(c, 'wall_s') / seed_wall:.2f}×" if seed_wall else "–"
-        lines.append(f"| {w} ({doc['workloads'][w]}) | {c} | {med(c, 'wall_s'):.2f} s | {ratio} | "
+        label = f"{w} ({doc['workloads'][w]})" if w in doc["workloads"] else f"{w} (docker load)"
+        lines.append(f"| {label} | {c} | {med(c, 'wall_s'):.2f} s | {ratio} | "
                      f"{human(med(c, 'max_rss_kib') * 1024)} | {med(c, 'cpu_s'):.2f} s | "
                      f"{human(med(c, 'archive_bytes_written'))} | {human(med(c, 'fs_output_bytes'))} | "
                      f"{min(walls):.2f}–{max(walls):.2f} s |")

@@ -136,6 +136,8 @@ fn unreachable_daemon_exits_3_within_the_timeout() {
         &host,
         "--wait-timeout",
         "2",
+        "--mode",
+        "daemon",
         "a:1",
     ]);
     out.assert_code(3);
@@ -156,6 +158,7 @@ fn environment_variables_configure_every_option() {
         .env("IMAGE_PRELOADER_DIR", dir.path().join("archives"))
         .env("IMAGE_PRELOADER_DOCKER_HOST", &host)
         .env("IMAGE_PRELOADER_WAIT_TIMEOUT", "1s")
+        .env("IMAGE_PRELOADER_MODE", "daemon")
         .env("IMAGE_PRELOADER_MAX_IMAGE_AGE", "-1")
         .env("IMAGE_PRELOADER_CONCURRENCY", "3")
         .env("IMAGE_PRELOADER_REFRESH_POLICY", "rebuild")
