@@ -1,5 +1,6 @@
 //! The command line, as clap parses it. [`crate::config`] turns it into a validated configuration.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -16,7 +17,8 @@ Exit codes:
   1  at least one image failed (`warm`); damaged, unrecorded or missing archives (`verify`);
      with --strict, an archive missing, damaged, not loadable or cut by --deadline (`load`)
   2  usage or configuration error (invalid reference, two references mapping to one archive,
-     unreadable images file), detected before any pull or write
+     unreadable images file, a --listen address that cannot be bound), detected before any
+     pull or write
   3  the Docker daemon did not answer within --wait-timeout
   130 interrupted (`warm` or `load` stopped by a signal)";
 
@@ -224,6 +226,11 @@ pub struct RunArgs {
     /// Time between checks of the image list: seconds, or a duration such as `1h` or `30m`.
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_positive_duration, env = "IMAGE_PRELOADER_INTERVAL")]
     pub interval: Duration,
+
+    /// Serve /healthz, /readyz and /metrics (Prometheus) over HTTP on this address, e.g.
+    /// `0.0.0.0:9090` [default: no server].
+    #[arg(long, value_name = "ADDR", env = "IMAGE_PRELOADER_LISTEN")]
+    pub listen: Option<SocketAddr>,
 }
 
 /// `warm` options.

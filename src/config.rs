@@ -1,6 +1,7 @@
 //! The validated configuration, built from the command line before any work starts.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -138,6 +139,8 @@ pub struct RunConfig {
     pub preload: PreloadConfig,
     /// Time between passes.
     pub interval: Duration,
+    /// Where to serve health, readiness and metrics, if anywhere.
+    pub listen: Option<SocketAddr>,
 }
 
 /// A configuration error: exit code 2.
@@ -165,6 +168,7 @@ impl TryFrom<CliCommand> for Config {
             CliCommand::Run(args) => Config::Run(RunConfig {
                 preload: preload_config(args.preload, Mode::Daemon)?,
                 interval: args.interval,
+                listen: args.listen,
             }),
             CliCommand::Warm(args) => Config::Warm(preload_config(args.preload, Mode::Auto)?),
             CliCommand::Path(args) => Config::Path { images: path_list(&args.images)?, record: args.record },

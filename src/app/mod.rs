@@ -3,6 +3,7 @@
 
 mod load;
 mod preload;
+mod serve;
 mod verify;
 
 use std::io::Write;
@@ -38,6 +39,8 @@ pub enum Exit {
 pub enum AppError {
     #[error(transparent)]
     Docker(#[from] DockerError),
+    #[error(transparent)]
+    Serve(#[from] serve::ServeError),
     #[error("{failed} of {total} images failed")]
     ImagesFailed { failed: usize, total: usize },
     #[error("interrupted; the work under way was abandoned")]
@@ -56,7 +59,9 @@ impl AppError {
     /// The exit code for this error.
     pub fn exit(&self) -> Exit {
         match self {
-            AppError::Docker(DockerError::UnsupportedHost { .. }) | AppError::Registry(_) => Exit::Usage,
+            AppError::Docker(DockerError::UnsupportedHost { .. })
+            | AppError::Registry(_)
+            | AppError::Serve(_) => Exit::Usage,
             AppError::Docker(DockerError::Unavailable { .. }) => Exit::DaemonUnavailable,
             AppError::Docker(DockerError::Interrupted { .. }) | AppError::Interrupted => Exit::Interrupted,
             AppError::ImagesFailed { .. }

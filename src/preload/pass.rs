@@ -58,6 +58,16 @@ impl<S: ImageSource> Preloader<S> {
 
     /// Processes `images`, up to `concurrency` at a time, until done or cancelled.
     pub async fn pass(&self, images: &[ImageSpec], cancel: &CancellationToken) -> PassReport {
+        self.pass_observed(images, cancel, |_, _| {}).await
+    }
+
+    /// Like [`Preloader::pass`], calling `done` with each image's outcome as soon as it is known.
+    pub async fn pass_observed(
+        &self,
+        images: &[ImageSpec],
+        cancel: &CancellationToken,
+        mut done: impl FnMut(&ImageSpec, &Outcome),
+    ) -> PassReport {
         let start = Instant::now();
         // A hand-rolled `buffer_unordered`: its closure form makes the future's `Send` proof fail
         // (rustc's higher-ranked lifetime limits), and `run` spawns this future.
@@ -67,8 +77,9 @@ impl<S: ImageSource> Preloader<S> {
         for (i, image) in waiting.by_ref().take(self.settings.concurrency) {
             running.push(self.preload_nth(i, image, cancel));
         }
-        while let Some(done) = running.next().await {
-            outcomes.push(done);
+        while let Some((i, outcome)) = running.next().await {
+            done(&images[i], &outcome);
+            outcomes.push((i, outcome));
             if let Some((i, image)) = waiting.next() {
                 running.push(self.preload_nth(i, image, cancel));
             }

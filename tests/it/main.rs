@@ -12,6 +12,7 @@ mod load;
 mod pod;
 mod refresh;
 mod registry;
+mod serve;
 mod sidecar;
 mod storage;
 mod support;
