@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::app::reload::ListSource;
 use crate::cli::{
     CliCommand, DaemonArgs, ImagesArgs, LoadArgs, ModeArg, PreloadArgs, RefreshPolicyArg, SourceArgs,
 };
@@ -141,6 +142,8 @@ pub struct RunConfig {
     pub interval: Duration,
     /// Where to serve health, readiness and metrics, if anywhere.
     pub listen: Option<SocketAddr>,
+    /// With `--images-file`: where to read the list again when the file changes.
+    pub reload: Option<ListSource>,
 }
 
 /// A configuration error: exit code 2.
@@ -165,11 +168,20 @@ impl TryFrom<CliCommand> for Config {
 
     fn try_from(command: CliCommand) -> Result<Config, ConfigError> {
         Ok(match command {
-            CliCommand::Run(args) => Config::Run(RunConfig {
-                preload: preload_config(args.preload, Mode::Daemon)?,
-                interval: args.interval,
-                listen: args.listen,
-            }),
+            CliCommand::Run(args) => {
+                let reload = args
+                    .preload
+                    .images
+                    .images_file
+                    .clone()
+                    .map(|file| ListSource { arguments: args.preload.images.images.clone(), file });
+                Config::Run(RunConfig {
+                    preload: preload_config(args.preload, Mode::Daemon)?,
+                    interval: args.interval,
+                    listen: args.listen,
+                    reload,
+                })
+            }
             CliCommand::Warm(args) => Config::Warm(preload_config(args.preload, Mode::Auto)?),
             CliCommand::Path(args) => Config::Path { images: path_list(&args.images)?, record: args.record },
             CliCommand::Verify(args) => Config::Verify { dir: args.dir.dir },

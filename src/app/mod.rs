@@ -3,6 +3,7 @@
 
 mod load;
 mod preload;
+pub mod reload;
 mod serve;
 mod verify;
 

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::app::AppError;
+use crate::app::reload;
 use crate::app::serve::Server;
 use crate::config::{Mode, PreloadConfig, RunConfig};
 use crate::daemon::{DockerDaemon, DockerError};
@@ -157,8 +158,9 @@ pub(super) async fn warm(config: PreloadConfig, shutdown: CancellationToken) -> 
     }
 }
 
-/// The sidecar: its tasks live in one [`JoinSet`] under the one shutdown token: the loop and,
-/// with `--listen`, the HTTP server reading the status feed. The server is bound before anything
+/// The sidecar: its tasks live in one [`JoinSet`] under the one shutdown token: the loop, with
+/// `--images-file` the watcher that hands it a changed list, and with `--listen` the HTTP server
+/// reading the status feed. The server is bound before anything
 /// else (a bad address is refused at once), answers while the daemon is awaited, and stops last:
 /// when the loop ends, the others are asked to stop and awaited.
 pub(super) async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<(), AppError> {
@@ -182,7 +184,10 @@ pub(super) async fn run(config: RunConfig, shutdown: CancellationToken) -> Resul
         }
     };
     feed.metrics().daemon_waited(waiting.elapsed());
-    let (_list, images) = watch::channel(config.preload.images.clone());
+    let (list, images) = watch::channel(config.preload.images.clone());
+    if let Some(source) = config.reload.clone() {
+        tasks.spawn(reload::watch_list(source, list, feed.clone(), reload::POLL, shutdown.clone()));
+    }
     let loop_task = {
         let current = images.clone();
         let (interval, cancel, prune) = (config.interval, shutdown.clone(), config.preload.prune);

@@ -12,6 +12,7 @@ mod load;
 mod pod;
 mod refresh;
 mod registry;
+mod reload;
 mod serve;
 mod sidecar;
 mod storage;

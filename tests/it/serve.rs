@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::support::{Running, TestImage, preloader, registry, temporaries, unique, wait_for_partial};
 
 /// Status code and body of `GET path` on `addr`.
-fn get(addr: &str, path: &str) -> (u16, String) {
+pub fn get(addr: &str, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
@@ -21,7 +21,7 @@ fn get(addr: &str, path: &str) -> (u16, String) {
 }
 
 /// Starts `run` with `--listen 127.0.0.1:0` and returns it with the address it serves on.
-fn serve(args: &[&str]) -> (Running, String) {
+pub fn serve(args: &[&str]) -> (Running, String) {
     let mut all = vec!["run", "--listen", "127.0.0.1:0"];
     all.extend_from_slice(args);
     let running = Running::spawn(preloader(&all));
@@ -35,7 +35,7 @@ fn serve(args: &[&str]) -> (Running, String) {
 }
 
 /// Polls until `path` answers `status`, or panics after `timeout`.
-fn wait_for_status(addr: &str, path: &str, status: u16, timeout: Duration) -> String {
+pub fn wait_for_status(addr: &str, path: &str, status: u16, timeout: Duration) -> String {
     let deadline = Instant::now() + timeout;
     loop {
         let (got, body) = get(addr, path);
@@ -68,6 +68,11 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)])
         })
         .collect();
     (!matching.is_empty()).then(|| matching.iter().sum())
+}
+
+/// The value of one metric from a fresh scrape.
+pub fn metric(addr: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    value(&metrics(addr), name, labels)
 }
 
 /// A daemon socket that appears and disappears: a symlink to the real one.
