@@ -58,6 +58,10 @@ pub enum CliCommand {
     /// Read every archive back: recompute checksums, check completeness and compare with the
     /// records. Damaged archives are marked so the next pass rebuilds them.
     Verify(VerifyArgs),
+    /// Show every archive in --dir (reference, size, age, digest, freshness, problems) from its
+    /// files alone: no daemon, nothing read through or written. With a list, also the listed
+    /// images not yet built.
+    Status(StatusArgs),
     /// The runner side: load archives into a daemon. Each archive is checked as it streams
     /// (complete, matching its record) and the daemon only keeps it if the check passes; images the
     /// daemon already has are skipped. Problem archives are reported and skipped (exit 0 unless
@@ -303,6 +307,40 @@ pub struct LoadArgs {
 pub struct VerifyArgs {
     #[command(flatten)]
     pub dir: DirArg,
+}
+
+/// `status` output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// A table for people.
+    Table,
+    /// A JSON array, one object per archive.
+    Json,
+}
+
+/// `status` options.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub images: ImagesArgs,
+
+    #[command(flatten)]
+    pub dir: DirArg,
+
+    /// The refresh age to judge freshness by, in days (as for `run`); 0 means every archive is
+    /// due, a negative value that none ever is.
+    #[arg(
+        long,
+        value_name = "DAYS",
+        default_value_t = 7,
+        allow_negative_numbers = true,
+        env = "IMAGE_PRELOADER_MAX_IMAGE_AGE"
+    )]
+    pub max_image_age: i64,
+
+    /// Output format.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = OutputFormat::Table, env = "IMAGE_PRELOADER_OUTPUT")]
+    pub output: OutputFormat,
 }
 
 /// Seconds (`90`) or a duration (`90s`, `2m`, `1h30m`).

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use crate::app::reload::ListSource;
 use crate::cli::{
-    CliCommand, DaemonArgs, ImagesArgs, LoadArgs, ModeArg, PreloadArgs, RefreshPolicyArg, SourceArgs,
+    CliCommand, DaemonArgs, ImagesArgs, LoadArgs, ModeArg, OutputFormat, PreloadArgs, RefreshPolicyArg,
+    SourceArgs,
 };
 use crate::daemon::{self, DockerError};
 use crate::image::list::{self, ImageListError, ImageSpec};
@@ -42,6 +43,17 @@ pub enum Config {
     },
     /// Load archives into a daemon.
     Load(LoadConfig),
+    /// Show what the directory holds.
+    Status {
+        /// The archive directory.
+        dir: PathBuf,
+        /// The image list, if one was given.
+        images: Option<Vec<ImageSpec>>,
+        /// The refresh limit freshness is judged by (`None`: never refreshed).
+        max_age: Option<Duration>,
+        /// Output format.
+        output: OutputFormat,
+    },
 }
 
 /// `load` settings.
@@ -185,6 +197,20 @@ impl TryFrom<CliCommand> for Config {
             CliCommand::Warm(args) => Config::Warm(preload_config(args.preload, Mode::Auto)?),
             CliCommand::Path(args) => Config::Path { images: path_list(&args.images)?, record: args.record },
             CliCommand::Verify(args) => Config::Verify { dir: args.dir.dir },
+            CliCommand::Status(args) => {
+                let listed = !args.images.images.is_empty() || args.images.images_file.is_some();
+                let images = if listed {
+                    Some(list::load(&args.images.images, args.images.images_file.as_deref())?.images)
+                } else {
+                    None
+                };
+                Config::Status {
+                    dir: args.dir.dir,
+                    images,
+                    max_age: MaxAge::from_days(args.max_image_age).limit(),
+                    output: args.output,
+                }
+            }
             CliCommand::Load(args) => Config::Load(load_config(args)?),
         })
     }

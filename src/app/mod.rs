@@ -5,6 +5,7 @@ mod load;
 mod preload;
 pub mod reload;
 mod serve;
+mod status;
 mod verify;
 
 use std::io::Write;
@@ -81,6 +82,7 @@ pub async fn execute(config: Config, shutdown: CancellationToken) -> Result<(), 
             Ok(())
         }
         Config::Verify { dir } => verify::verify(dir).await,
+        Config::Status { dir, images, max_age, output } => status::status(dir, images, max_age, output).await,
         Config::Load(config) => load::load(config, shutdown).await,
         Config::Warm(config) => preload::warm(config, shutdown).await,
         Config::Run(config) => preload::run(config, shutdown).await,

@@ -7,6 +7,7 @@
 
 pub mod check;
 pub mod error;
+pub mod inventory;
 pub mod listing;
 pub mod lock;
 pub mod names;

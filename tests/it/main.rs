@@ -15,6 +15,7 @@ mod registry;
 mod reload;
 mod serve;
 mod sidecar;
+mod status;
 mod storage;
 mod support;
 mod warm;
