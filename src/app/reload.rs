@@ -63,13 +63,15 @@ pub async fn watch_list(
     poll: Duration,
     cancel: CancellationToken,
 ) {
-    let mut seen = content_hash(&source.file).await;
+    // Nothing seen yet: the first poll compares the file with the list in force, so a change made
+    // while the daemon was awaited (after the list was first read) is not missed.
+    let mut seen = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(poll) => {}
         }
-        let hash = content_hash(&source.file).await;
+        let hash = Some(content_hash(&source.file).await);
         if hash == seen {
             continue;
         }
