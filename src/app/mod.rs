@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::daemon::DockerError;
 use crate::image::list::ImageSpec;
+use crate::registry::CredentialsError;
 use crate::registry::client::RegistryError;
 use crate::store::StoreError;
 use crate::store::names::record_path;
@@ -50,13 +51,17 @@ pub enum AppError {
     LoadFailed { problems: usize, total: usize },
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
 }
 
 impl AppError {
     /// The exit code for this error.
     pub fn exit(&self) -> Exit {
         match self {
-            AppError::Docker(DockerError::UnsupportedHost { .. }) | AppError::Registry(_) => Exit::Usage,
+            AppError::Docker(DockerError::UnsupportedHost { .. })
+            | AppError::Registry(_)
+            | AppError::Credentials(_) => Exit::Usage,
             AppError::Docker(DockerError::Unavailable { .. }) => Exit::DaemonUnavailable,
             AppError::Docker(DockerError::Interrupted { .. }) | AppError::Interrupted => Exit::Interrupted,
             AppError::ImagesFailed { .. }
