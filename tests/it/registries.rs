@@ -476,3 +476,56 @@ fn an_identity_token_is_exchanged_at_the_token_service() {
     assert!(!records(&dir).contains(IDENTITY_TOKEN));
     image.assert_loads_and_runs(&archive_of(&dir, &image));
 }
+
+#[test]
+fn the_chart_registry_auth_arguments_pull_from_the_private_registry() {
+    use crate::k8s::{self, container, only, render};
+    let registry = auth_registry();
+    let image = private_image("chart");
+    let work = tempfile::tempdir().unwrap();
+    let docs =
+        render(&["--set", &format!("images={{{}}},registryAuth.existingSecret=pull", image.reference)]);
+    let ds = only(&docs, "DaemonSet");
+    let spec = &ds["spec"]["template"]["spec"];
+    let mut args: Vec<String> = container(spec, "preloader")["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    // The Secret's key as the kubelet writes it, where the chart mounts it; this machine's paths
+    // and daemon in place of the pod's.
+    let mounted =
+        k8s::mount(container(spec, "preloader"), "registry-auth")["mountPath"].as_str().unwrap().to_owned();
+    let config = work.path().join("config.json");
+    std::fs::write(
+        &config,
+        format!(r#"{{"auths": {{"{registry}": {{"auth": "{}"}}}}}}"#, auth_field(AUTH_USER, AUTH_PASSWORD)),
+    )
+    .unwrap();
+    let list = work.path().join("images.txt");
+    let cm = only(&docs, "ConfigMap");
+    std::fs::write(&list, cm["data"]["images.txt"].as_str().unwrap()).unwrap();
+    let dir = work.path().join("archives");
+    let docker_host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+    let replace = |args: &mut Vec<String>, flag: &str, value: &str| {
+        let i = args.iter().position(|a| a == flag).unwrap_or_else(|| panic!("{flag} missing from {args:?}"));
+        args[i + 1] = value.to_owned();
+    };
+    let given = args[args.iter().position(|a| a == "--docker-config").unwrap() + 1].clone();
+    assert_eq!(given, format!("{mounted}/config.json"));
+    replace(&mut args, "--docker-config", config.to_str().unwrap());
+    replace(&mut args, "--images-file", list.to_str().unwrap());
+    replace(&mut args, "--dir", dir.to_str().unwrap());
+    replace(&mut args, "--docker-host", &docker_host);
+    replace(&mut args, "--min-free", crate::support::TEST_MIN_FREE);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut running = Running::spawn(isolated(&refs, work.path()));
+    running.wait_for_line("saved", TIMEOUT);
+    running.signal(libc::SIGTERM);
+    assert_eq!(running.wait_for_exit(TIMEOUT).code(), Some(0));
+    let (stdout, stderr) = running.collect();
+    assert_no_secret("stdout", &stdout);
+    assert_no_secret("stderr", &stderr);
+    image.assert_loads_and_runs(&archive_of(&dir, &image));
+}
