@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::platform::Platform;
 use crate::store::space::MinFree;
 
 /// Default archive directory (the seed chart's `hostPath`).
@@ -91,12 +92,13 @@ pub enum LogFormat {
 /// The image list.
 #[derive(Debug, Args)]
 pub struct ImagesArgs {
-    /// Image references, e.g. `nginx:1.27` or `registry.local:5000/team/app:2.0`.
+    /// Image references, e.g. `nginx:1.27` or `registry.local:5000/team/app:2.0`; `'REF
+    /// platform=linux/arm64'` archives that platform, in an archive named `…+linux-arm64.tar`.
     #[arg(value_name = "IMAGE")]
     pub images: Vec<String>,
 
-    /// File with one image reference per line ('#' comments, blank lines and surrounding spaces
-    /// are ignored); combined with the IMAGE arguments.
+    /// File with one image per line, `REF [platform=OS/ARCH[/VARIANT]]` ('#' comments, blank
+    /// lines and surrounding spaces are ignored); combined with the IMAGE arguments.
     #[arg(long, value_name = "FILE", env = "IMAGE_PRELOADER_IMAGES_FILE")]
     pub images_file: Option<PathBuf>,
 }
@@ -219,6 +221,17 @@ pub struct PreloadArgs {
     /// Images processed at once (a pull of one overlaps the save of another).
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64), env = "IMAGE_PRELOADER_CONCURRENCY")]
     pub concurrency: u16,
+
+    /// Docker config file with registry credentials (`auths`), read again at every pass and
+    /// passed to the daemon per pull [default: $DOCKER_CONFIG/config.json, else
+    /// ~/.docker/config.json, when it exists].
+    #[arg(long, value_name = "PATH", env = "IMAGE_PRELOADER_DOCKER_CONFIG")]
+    pub docker_config: Option<PathBuf>,
+
+    /// Platform of every image without its own `platform=` (`linux/arm64`, `linux/arm/v7`);
+    /// archive names do not change [default: the daemon's platform].
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]", value_parser = Platform::parse, env = "IMAGE_PRELOADER_PLATFORM")]
+    pub platform: Option<Platform>,
 }
 
 /// `run` options.

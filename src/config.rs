@@ -12,8 +12,10 @@ use crate::cli::{
 };
 use crate::daemon::{self, DockerError};
 use crate::image::list::{self, ImageListError, ImageSpec};
+use crate::platform::Platform;
 use crate::preload::pass::Settings;
 use crate::preload::policy::{MaxAge, RefreshPolicy};
+use crate::registry::ConfigLocation;
 use crate::registry::RegistryHost;
 use crate::registry::client;
 use crate::registry::host::DOCKER_HUB;
@@ -106,6 +108,10 @@ pub struct PreloadConfig {
     pub concurrency: usize,
     /// Where images come from.
     pub source: SourceConfig,
+    /// Where the Docker config file with registry credentials is.
+    pub docker_config: ConfigLocation,
+    /// `--platform`: the platform of every image without its own (already applied to `images`).
+    pub platform: Option<Platform>,
 }
 
 /// Where images come from (`--mode`).
@@ -329,8 +335,15 @@ fn source_config(args: SourceArgs, default_mode: Mode) -> Result<SourceConfig, C
 fn preload_config(args: PreloadArgs, default_mode: Mode) -> Result<PreloadConfig, ConfigError> {
     let docker_host = docker_host(&args.daemon)?;
     let source = source_config(args.source, default_mode)?;
+    let mut images = image_list(&args.images)?;
+    if let Some(platform) = &args.platform {
+        // Names stay as they are: only an entry's own platform shows in its archive name.
+        for image in images.iter_mut().filter(|i| i.platform.is_none()) {
+            image.platform = Some(platform.clone());
+        }
+    }
     Ok(PreloadConfig {
-        images: image_list(&args.images)?,
+        images,
         dir: args.dir.dir,
         max_age: MaxAge::from_days(args.max_image_age),
         refresh: match args.refresh_policy {
@@ -344,5 +357,7 @@ fn preload_config(args: PreloadArgs, default_mode: Mode) -> Result<PreloadConfig
         wait_timeout: args.daemon.wait_timeout,
         concurrency: usize::from(args.concurrency),
         source,
+        docker_config: ConfigLocation::from_env(args.docker_config),
+        platform: args.platform,
     })
 }

@@ -202,9 +202,15 @@ pub struct EntryOptions<'a> {
     pub platform: Option<Platform>,
 }
 
-/// Splits an entry `REF [platform=OS/ARCH[/VARIANT]]` (see the module documentation).
+/// Splits an entry `REF [platform=OS/ARCH[/VARIANT]]` (see the module documentation). When a
+/// later word is no `key=value` option at all, the whole entry is handed back as the reference,
+/// so the reference grammar reports it (`nginx latest` is a bad reference, not a bad option).
 pub fn split_entry(entry: &str) -> Result<EntryOptions<'_>, String> {
-    let mut words = entry.split_whitespace();
+    let trimmed = entry.trim();
+    if trimmed.split_whitespace().skip(1).any(|word| !word.contains('=')) {
+        return Ok(EntryOptions { reference: trimmed, platform: None });
+    }
+    let mut words = trimmed.split_whitespace();
     let reference = words.next().ok_or_else(|| "empty entry".to_owned())?;
     let mut platform = None;
     for word in words {
@@ -338,7 +344,8 @@ mod tests {
         let err = |s: &str| split_entry(s).unwrap_err();
         assert_eq!(err("a platform=linux/amd64 platform=linux/arm64"), "a: platform= is given twice");
         assert!(err("a platfrom=linux/arm64").starts_with("a: unknown option \"platfrom=linux/arm64\""));
-        assert!(err("a linux/arm64").starts_with("a: unknown option \"linux/arm64\""));
+        let e = split_entry("nginx latest").unwrap();
+        assert_eq!((e.reference, e.platform), ("nginx latest", None), "left to the reference grammar");
         assert!(err("a platform=").starts_with("a: invalid platform \"\""));
         assert!(err("a platform=linux/sparc").contains("unknown architecture \"sparc\""));
         assert_eq!(err("   "), "empty entry");

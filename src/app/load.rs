@@ -53,7 +53,9 @@ pub(super) async fn load(config: LoadConfig, shutdown: CancellationToken) -> Res
     let result = match DockerDaemon::wait_until_ready(&config.docker_host, wait, &shutdown).await {
         Ok((daemon, about)) => {
             info!(docker_host = daemon.host(), version = %about.version, archives = targets.len(), "connected to the docker daemon");
-            let outcomes = load_all(&daemon, &targets, config.concurrency, deadline, &shutdown).await;
+            let outcomes =
+                load_all(&daemon, about.platform.as_ref(), &targets, config.concurrency, deadline, &shutdown)
+                    .await;
             report_loads(&outcomes, config.strict)
         }
         Err(DockerError::Interrupted { .. }) if config.idle => return Ok(()),

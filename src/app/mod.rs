@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::daemon::DockerError;
 use crate::image::list::ImageSpec;
+use crate::registry::CredentialsError;
 use crate::registry::client::RegistryError;
 use crate::store::StoreError;
 use crate::store::names::record_path;
@@ -55,6 +56,8 @@ pub enum AppError {
     LoadFailed { problems: usize, total: usize },
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
 }
 
 impl AppError {
@@ -63,7 +66,8 @@ impl AppError {
         match self {
             AppError::Docker(DockerError::UnsupportedHost { .. })
             | AppError::Registry(_)
-            | AppError::Serve(_) => Exit::Usage,
+            | AppError::Serve(_)
+            | AppError::Credentials(_) => Exit::Usage,
             AppError::Docker(DockerError::Unavailable { .. }) => Exit::DaemonUnavailable,
             AppError::Docker(DockerError::Interrupted { .. }) | AppError::Interrupted => Exit::Interrupted,
             AppError::ImagesFailed { .. }

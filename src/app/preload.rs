@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -21,7 +21,7 @@ use crate::preload::pass::Preloader;
 use crate::preload::status::{StatusFeed, liveness_bound};
 use crate::registry::client::{ClientOptions, RegistryClient};
 use crate::registry::manifest::host_platform;
-use crate::registry::{ConfigLocation, Keyring, RegistryHost};
+use crate::registry::{CredentialSet, CredentialsError, Keyring, RegistryHost, Reloaded};
 use crate::source::Source;
 use crate::source::registry::RegistrySource;
 use crate::store::{ArchiveStore, prune};
@@ -49,15 +49,78 @@ async fn remove_leftovers(store: &ArchiveStore) {
     }
 }
 
+/// The registry credentials in force, shared with the registry client.
+type SharedCredentials = Arc<RwLock<CredentialSet>>;
+
+/// Reads the Docker config file again (on a blocking thread) and logs what changed. On error the
+/// previous credentials stay in force; the error is returned for the caller to judge.
+async fn reload(keyring: &Arc<Mutex<Keyring>>) -> Result<CredentialSet, CredentialsError> {
+    let keyring = Arc::clone(keyring);
+    let (result, current, location) = tokio::task::spawn_blocking(move || {
+        let mut keyring = keyring.lock().unwrap_or_else(|e| e.into_inner());
+        let result = keyring.reload();
+        (result, keyring.current(), keyring.location().clone())
+    })
+    .await
+    .expect("reading the Docker config file panicked");
+    match result? {
+        Reloaded::Unchanged => {}
+        Reloaded::Removed => {
+            let path = location.path().map(|p| p.display().to_string()).unwrap_or_default();
+            warn!(docker_config = %path, "the Docker config file is gone: pulling without credentials");
+        }
+        Reloaded::Changed => {
+            if let Some(config) = current.config() {
+                info!(
+                    docker_config = %config.path().display(),
+                    registries = config.credential_count(),
+                    "registry credentials read"
+                );
+                for (registry, helper) in config.unusable_helpers() {
+                    warn!(
+                        docker_config = %config.path().display(),
+                        "credentials for {registry} are held by the credential helper docker-credential-{helper} (credHelpers), which cannot run in this image; pulls from {registry} are anonymous"
+                    );
+                }
+                if let Some(store) = config.creds_store() {
+                    warn!(
+                        docker_config = %config.path().display(),
+                        "credsStore names docker-credential-{store}, which cannot run in this image: only the credentials written in `auths` are used"
+                    );
+                }
+            }
+        }
+    }
+    Ok(current)
+}
+
+/// The source ready to use, the keyring to re-read and the credentials the registry client reads.
+struct Prepared {
+    preloader: Preloader<Source>,
+    keyring: Arc<Mutex<Keyring>>,
+    shared: SharedCredentials,
+}
+
+impl Prepared {
+    /// Reads the Docker config file again and puts the result in force; a broken file keeps the
+    /// previous credentials.
+    async fn refresh_credentials(&self) {
+        match reload(&self.keyring).await {
+            Ok(credentials) => {
+                *self.shared.write().unwrap_or_else(|e| e.into_inner()) = credentials.clone();
+                self.preloader.set_credentials(credentials);
+            }
+            Err(e) => error!("{e}; the previous credentials stay in use"),
+        }
+    }
+}
+
 /// How long `--mode auto` waits for a daemon before reading the registries instead.
 const AUTO_DAEMON_WAIT: Duration = Duration::from_secs(2);
 
-/// Removes leftovers of killed runs, then picks and readies the source: waits for the daemon, or
-/// sets up the registry client.
-async fn prepare(
-    config: &PreloadConfig,
-    shutdown: &CancellationToken,
-) -> Result<Preloader<Source>, AppError> {
+/// Reads the credentials, removes leftovers of killed runs, then picks and readies the source:
+/// waits for the daemon, or sets up the registry client.
+async fn prepare(config: &PreloadConfig, shutdown: &CancellationToken) -> Result<Prepared, AppError> {
     info!(
         images = config.images.len(),
         dir = %config.dir.display(),
@@ -69,6 +132,13 @@ async fn prepare(
         "image-preloader {}",
         env!("CARGO_PKG_VERSION")
     );
+    // A broken credentials file is bad input: refused before any work.
+    let keyring = Arc::new(Mutex::new(Keyring::new(config.docker_config.clone())));
+    let credentials = reload(&keyring).await?;
+    let shared: SharedCredentials = Arc::new(RwLock::new(credentials.clone()));
+    if let Some(platform) = &config.platform {
+        info!(%platform, "images without their own platform are pulled for {platform}");
+    }
     let store = ArchiveStore::new(&config.dir);
     remove_leftovers(&store).await;
     let source = match config.source.mode {
@@ -78,7 +148,7 @@ async fn prepare(
                 mode = "registry",
                 "registry mode (--mode registry): reading the registries directly, no daemon"
             );
-            registry_source(config)?
+            registry_source(config, &shared)?
         }
         Mode::Auto => match connect(config, AUTO_DAEMON_WAIT, shutdown).await {
             Ok(daemon) => {
@@ -95,12 +165,14 @@ async fn prepare(
                     "registry mode (--mode auto): no docker daemon answered at {host} within {}s; reading the registries directly",
                     AUTO_DAEMON_WAIT.as_secs()
                 );
-                registry_source(config)?
+                registry_source(config, &shared)?
             }
             Err(e) => return Err(e.into()),
         },
     };
-    Ok(Preloader::new(source, store, config.settings()))
+    let preloader = Preloader::new(source, store, config.settings());
+    preloader.set_credentials(credentials);
+    Ok(Prepared { preloader, keyring, shared })
 }
 
 /// Waits up to `timeout` for the daemon.
@@ -120,30 +192,27 @@ async fn connect(
 }
 
 /// The registry source: the client with mirrors, insecure registries, the CA file and the
-/// credentials of the Docker config file, for this machine's platform.
-fn registry_source(config: &PreloadConfig) -> Result<Source, AppError> {
-    let mut keyring = Keyring::new(ConfigLocation::from_env(None));
-    if let Err(e) = keyring.reload() {
-        warn!("registry credentials: {e}; going on without them");
-    }
-    let credentials = keyring.current();
+/// credentials in force (re-read before each pass), for `--platform` or this machine's platform.
+fn registry_source(config: &PreloadConfig, shared: &SharedCredentials) -> Result<Source, AppError> {
+    let credentials = Arc::clone(shared);
     let options = ClientOptions {
         insecure: config.source.insecure.clone(),
         ca_file: config.source.ca_file.clone(),
         mirrors: config.source.mirrors.clone(),
         credentials: Arc::new(move |host: &str| {
+            let credentials = credentials.read().unwrap_or_else(|e| e.into_inner());
             credentials.lookup(&RegistryHost::new(host)).credentials().cloned()
         }),
         ..ClientOptions::default()
     };
     let client = RegistryClient::new(options)?;
-    let platform = host_platform();
+    let platform = config.platform.clone().unwrap_or_else(host_platform);
     info!(platform = %platform, mirrors = config.source.mirrors.len(), "registry client ready");
     Ok(Source::Registry(Arc::new(RegistrySource::new(client, platform))))
 }
 
 pub(super) async fn warm(config: PreloadConfig, shutdown: CancellationToken) -> Result<(), AppError> {
-    let preloader = prepare(&config, &shutdown).await?;
+    let preloader = prepare(&config, &shutdown).await?.preloader;
     let report = preloader.pass(&config.images, &shutdown).await;
     cycle::log_pass(1, &report, None);
     if report.cancelled() > 0 || shutdown.is_cancelled() {
@@ -174,8 +243,8 @@ pub(super) async fn run(config: RunConfig, shutdown: CancellationToken) -> Resul
     }
     feed.set_list(&config.preload.images);
     let waiting = std::time::Instant::now();
-    let preloader = match prepare(&config.preload, &shutdown).await {
-        Ok(preloader) => Arc::new(preloader),
+    let prepared = match prepare(&config.preload, &shutdown).await {
+        Ok(prepared) => Arc::new(prepared),
         // Shutdown while waiting for the daemon is a normal end for the sidecar.
         Err(AppError::Docker(DockerError::Interrupted { .. })) => return stop(tasks, server_stop).await,
         Err(e) => {
@@ -196,12 +265,19 @@ pub(super) async fn run(config: RunConfig, shutdown: CancellationToken) -> Resul
             .spawn(async move {
                 let pass_cancel = cancel.clone();
                 let observer = feed.clone();
+                let mut first = true;
                 cycle::run(images, interval, cancel, feed, |due| {
-                    let preloader = Arc::clone(&preloader);
+                    let prepared = Arc::clone(&prepared);
                     let cancel = pass_cancel.clone();
                     let current = current.clone();
                     let observer = observer.clone();
+                    // The first pass uses what `prepare` just read.
+                    let reread = !std::mem::take(&mut first);
                     async move {
+                        if reread {
+                            prepared.refresh_credentials().await;
+                        }
+                        let preloader = &prepared.preloader;
                         let report = preloader
                             .pass_observed(&due, &cancel, |image, outcome| {
                                 observer.record_image(image, outcome)

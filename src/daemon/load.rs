@@ -6,7 +6,8 @@
 //! daemon cannot finish a load, let alone tag an image, before it has the whole tar, and when the
 //! check fails the upload is aborted instead, so the daemon loads and tags nothing. Before that, a
 //! walk over the archive's tar headers (seeking over layer data) finds the images it holds, so that
-//! an archive the daemon already has is skipped without being read.
+//! an archive the daemon already has is skipped without being read, and one whose platform (from
+//! its image config) the daemon cannot run is refused.
 //!
 //! Failures stay with their archive: a missing, damaged or unloadable one is reported and skipped
 //! while the others load; the caller decides the exit code. An optional deadline bounds the whole
@@ -30,6 +31,7 @@ use crate::daemon::DockerDaemon;
 use crate::format::layout::{self, ArchiveContents};
 use crate::format::tar::TarScanner;
 use crate::human;
+use crate::platform::Platform;
 use crate::store::check::hex;
 use crate::store::record::{Record, RecordError};
 
@@ -124,6 +126,7 @@ impl From<ArchiveProblem> for LoadOutcome {
 /// deadline, whatever is not done by then is abandoned and reported as skipped.
 pub async fn load_all(
     daemon: &DockerDaemon,
+    platform: Option<&Platform>,
     targets: &[LoadTarget],
     concurrency: usize,
     deadline: Option<Deadline>,
@@ -132,7 +135,7 @@ pub async fn load_all(
     let mut outcomes: Vec<(usize, LoadOutcome)> = stream::iter(targets.iter().enumerate())
         .map(|(i, target)| async move {
             let span = info_span!("archive", archive = %target.label);
-            let work = load_one(daemon, target, cancel).instrument(span.clone());
+            let work = load_one(daemon, platform, target, cancel).instrument(span.clone());
             let outcome = match deadline {
                 None => work.await,
                 Some(deadline) => tokio::select! {
@@ -154,7 +157,12 @@ pub async fn load_all(
     outcomes.into_iter().map(|(i, o)| (targets[i].clone(), o)).collect()
 }
 
-async fn load_one(daemon: &DockerDaemon, target: &LoadTarget, cancel: &CancellationToken) -> LoadOutcome {
+async fn load_one(
+    daemon: &DockerDaemon,
+    platform: Option<&Platform>,
+    target: &LoadTarget,
+    cancel: &CancellationToken,
+) -> LoadOutcome {
     if cancel.is_cancelled() {
         return LoadOutcome::Cancelled;
     }
@@ -171,6 +179,12 @@ async fn load_one(daemon: &DockerDaemon, target: &LoadTarget, cancel: &Cancellat
             (opened, walked)
         })
         .await;
+        if let Ok(contents) = &walked
+            && let Some(why) = platform.and_then(|host| foreign(host, contents))
+        {
+            error!("not loaded: {why}");
+            return LoadOutcome::Failed(why);
+        }
         match walked {
             Ok(contents) => match daemon.has_images(&contents).await {
                 Ok(true) => {
@@ -222,6 +236,12 @@ async fn load_one(daemon: &DockerDaemon, target: &LoadTarget, cancel: &Cancellat
             LoadOutcome::Failed("the daemon finished the load before the archive was checked".into())
         }
     }
+}
+
+/// Why the archive cannot run on a `host` daemon, if it cannot (from its images' configs).
+fn foreign(host: &Platform, contents: &ArchiveContents) -> Option<String> {
+    let image = contents.images.iter().find_map(|i| i.platform.as_ref().filter(|p| !host.runs(p)))?;
+    Some(format!("its image is for {image}, which this daemon ({host}) cannot run"))
 }
 
 fn report(problem: ArchiveProblem) -> LoadOutcome {

@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::format::layout::ArchiveContents;
+use crate::platform::Platform;
+use crate::registry::Lookup;
 
 /// How long one connection attempt (ping, version negotiation) may take.
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
@@ -82,6 +84,8 @@ pub struct DaemonInfo {
     pub version: String,
     /// The negotiated API version, e.g. `1.41`.
     pub api_version: String,
+    /// The platform it runs on (its OS and architecture; the variant is not reported).
+    pub platform: Option<Platform>,
 }
 
 /// A connected Docker daemon.
@@ -206,20 +210,78 @@ async fn try_connect(host: &str) -> Result<(DockerDaemon, DaemonInfo), String> {
         let address = host.replacen("tcp://", "http://", 1);
         Docker::connect_with_http(&address, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())?
+    .with_request_modifier(url_safe_registry_auth);
     client.ping().await.map_err(|e| e.to_string())?;
     let client = client.negotiate_version().await.map_err(|e| e.to_string())?;
     let version = client.version().await.map_err(|e| e.to_string())?;
+    let platform = match (&version.os, &version.arch) {
+        (Some(os), Some(arch)) => Some(Platform::from_parts(os, arch, None)),
+        _ => None,
+    };
     let info = DaemonInfo {
         version: version.version.unwrap_or_else(|| "unknown".into()),
         api_version: client.client_version().to_string(),
+        platform,
     };
     Ok((DockerDaemon { client, host: host.to_owned() }, info))
+}
+
+/// bollard encodes `X-Registry-Auth` with the standard base64 alphabet, but the daemon decodes
+/// it as URL-safe base64 (as the Docker CLI sends it) and silently ignores a header it cannot
+/// decode: Docker 20.10 then pulls anonymously whenever the JSON's encoding holds a `+` or `/`.
+/// Re-encoded here, on every request.
+fn url_safe_registry_auth(mut request: bollard::BollardRequest) -> bollard::BollardRequest {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+    let headers = request.headers_mut();
+    let recoded = headers
+        .get("X-Registry-Auth")
+        .and_then(|value| STANDARD.decode(value.as_bytes()).ok())
+        .and_then(|json| http::HeaderValue::from_str(&URL_SAFE.encode(json)).ok());
+    if let Some(mut value) = recoded {
+        value.set_sensitive(true);
+        headers.insert("X-Registry-Auth", value);
+    }
+    request
+}
+
+/// Credentials as the daemon's pull and distribution endpoints take them (`X-Registry-Auth`).
+pub fn registry_auth(lookup: &Lookup) -> Option<bollard::auth::DockerCredentials> {
+    let credentials = lookup.credentials()?;
+    Some(bollard::auth::DockerCredentials {
+        username: credentials.username().map(str::to_owned),
+        password: credentials.basic().map(|(_, password)| password.to_owned()),
+        identitytoken: credentials.refresh_token().map(str::to_owned),
+        registrytoken: credentials.bearer().map(str::to_owned),
+        serveraddress: Some(lookup.registry().auth_key().to_owned()),
+        ..Default::default()
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registry_auth_header_is_url_safe() {
+        use base64::Engine;
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+        // The JSON of these credentials has `+` in standard base64.
+        let json = r#"{"username":"preloader","password":"pre?load>er~secret"}"#;
+        let standard = STANDARD.encode(json);
+        assert!(standard.contains('+'));
+        let request = http::Request::builder()
+            .header("X-Registry-Auth", &standard)
+            .body(bollard::body_full(bytes::Bytes::new()))
+            .unwrap();
+        let fixed = url_safe_registry_auth(request);
+        let value = fixed.headers().get("X-Registry-Auth").unwrap();
+        assert_eq!(URL_SAFE.decode(value.as_bytes()).unwrap(), json.as_bytes());
+        assert!(value.is_sensitive());
+        let plain = url_safe_registry_auth(http::Request::new(bollard::body_full(bytes::Bytes::new())));
+        assert!(plain.headers().get("X-Registry-Auth").is_none());
+    }
 
     #[test]
     fn hosts() {

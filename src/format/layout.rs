@@ -12,14 +12,17 @@
 use serde::Deserialize;
 
 use crate::format::tar::TarListing;
+use crate::platform::Platform;
 
 /// Largest blob captured for inspection (manifests and configs are far smaller).
 const SMALL_BLOB_MAX: u64 = 256 << 10;
 
-/// Which small files the tar scanner keeps for the checks below.
+/// Which small files the tar scanner keeps for the checks below (top-level `.json` files are the
+/// image configs of the classic layout, read for their platform).
 pub fn capture_filter(path: &str, size: u64) -> bool {
     matches!(path, "manifest.json" | "index.json" | "oci-layout")
-        || (path.starts_with("blobs/") && size <= SMALL_BLOB_MAX)
+        || ((path.starts_with("blobs/") || (!path.contains('/') && path.ends_with(".json")))
+            && size <= SMALL_BLOB_MAX)
 }
 
 /// The export layout.
@@ -41,6 +44,8 @@ pub struct ArchivedImage {
     pub repo_tags: Vec<String>,
     /// Number of layers.
     pub layers: usize,
+    /// The platform its config states (`os`, `architecture`, `variant`), if it says.
+    pub platform: Option<Platform>,
 }
 
 /// What a complete archive holds.
@@ -122,6 +127,7 @@ pub fn check(listing: &TarListing) -> Result<ArchiveContents, LayoutError> {
             config_digest: config_digest(&entry.config),
             repo_tags: entry.repo_tags.unwrap_or_default(),
             layers: entry.layers.len(),
+            platform: listing.captured(&entry.config).and_then(config_platform),
         });
     }
 
@@ -178,6 +184,20 @@ fn check_blob(listing: &TarListing, descriptor: &Descriptor, by: &str) -> Result
     Ok(())
 }
 
+/// The platform fields of an image config.
+#[derive(Deserialize)]
+struct ConfigPlatform {
+    os: Option<String>,
+    architecture: Option<String>,
+    variant: Option<String>,
+}
+
+/// The platform an image config states, if it is readable and says.
+pub fn config_platform(config: &[u8]) -> Option<Platform> {
+    let fields: ConfigPlatform = serde_json::from_slice(config).ok()?;
+    Some(Platform::from_parts(&fields.os?, &fields.architecture?, fields.variant.as_deref()))
+}
+
 /// `sha256:abc` → `blobs/sha256/abc`.
 fn blob_path(digest: &str) -> String {
     format!("blobs/{}", digest.replacen(':', "/", 1))
@@ -219,7 +239,7 @@ mod tests {
             b.file("aaa/layer.tar", &[0; 1024]);
         }
         b.dir("bbb/").symlink("bbb/layer.tar", "../aaa/layer.tar");
-        b.file(&format!("{CONFIG}.json"), b"{}")
+        b.file(&format!("{CONFIG}.json"), br#"{"os":"linux","architecture":"arm64","variant":"v8"}"#)
             .file("manifest.json", manifest.as_bytes())
             .file("repositories", b"{}")
             .end()
@@ -227,7 +247,7 @@ mod tests {
 
     fn oci(drop_layer: bool, layer_size_in_manifest: usize) -> Vec<u8> {
         let layer = vec![9u8; 3000];
-        let config = b"{\"architecture\":\"amd64\"}";
+        let config = b"{\"architecture\":\"amd64\",\"os\":\"linux\"}";
         let image_manifest = format!(
             r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{CONFIG}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:{LAYER}","size":{layer_size_in_manifest}}}]}}"#,
             config.len()
@@ -262,6 +282,7 @@ mod tests {
                 config_digest: Some(format!("sha256:{CONFIG}")),
                 repo_tags: vec!["app:1".into()],
                 layers: 2,
+                platform: Some(Platform::parse("linux/arm64").unwrap()),
             }]
         );
     }
@@ -277,6 +298,7 @@ mod tests {
         let contents = check(&scan(&oci(false, 3000))).unwrap();
         assert_eq!(contents.layout, Layout::Oci);
         assert_eq!(contents.images[0].config_digest, Some(format!("sha256:{CONFIG}")));
+        assert_eq!(contents.images[0].platform, Some(Platform::parse("linux/amd64").unwrap()));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The image list: references from the command line and an images file, validated as a whole
-//! before any work starts.
+//! The image list: entries from the command line and an images file, validated as a whole
+//! before any work starts. An entry is a reference, optionally followed by `platform=OS/ARCH`
+//! (the grammar and the naming rule are in [`crate::platform`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -7,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::image::naming::archive_path;
 use crate::image::reference::Reference;
+use crate::platform::{self, Platform};
 
 /// One image to preload and where its archive goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,13 +17,31 @@ pub struct ImageSpec {
     pub reference: Reference,
     /// The archive path, relative to the archive directory.
     pub archive: PathBuf,
+    /// The platform to fetch; `None`: the source's own (the daemon's platform).
+    pub platform: Option<Platform>,
 }
 
 impl ImageSpec {
-    /// The spec for a reference.
+    /// The spec for a reference, for the source's own platform.
     pub fn new(reference: Reference) -> ImageSpec {
-        let archive = archive_path(&reference);
-        ImageSpec { reference, archive }
+        ImageSpec::for_platform(reference, None)
+    }
+
+    /// The spec for an entry with its own platform: the archive name carries the platform.
+    pub fn for_platform(reference: Reference, platform: Option<Platform>) -> ImageSpec {
+        let archive = match &platform {
+            None => archive_path(&reference),
+            Some(platform) => platform::suffixed_archive_path(&archive_path(&reference), platform),
+        };
+        ImageSpec { reference, archive, platform }
+    }
+
+    /// The entry as written in a list: `REF [platform=OS/ARCH[/VARIANT]]`.
+    pub fn entry(&self) -> String {
+        match &self.platform {
+            Some(platform) => format!("{} platform={platform}", self.reference),
+            None => self.reference.to_string(),
+        }
     }
 }
 
@@ -61,8 +81,8 @@ pub struct ImageList {
     pub duplicates: Vec<(String, String)>,
 }
 
-/// Reads the images file (one reference per line; `#` comments, blank lines and surrounding
-/// spaces ignored).
+/// Reads the images file (one entry per line; `#` comments, blank lines and surrounding spaces
+/// ignored).
 pub fn read_file(path: &Path) -> Result<Vec<(Origin, String)>, ImageListError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ImageListError::Unreadable { path: path.to_owned(), message: e.to_string() })?;
@@ -85,8 +105,18 @@ pub fn parse_all(entries: Vec<(Origin, String)>) -> Result<Vec<(Origin, String, 
     let mut problems = Vec::new();
     let mut parsed = Vec::with_capacity(entries.len());
     for (origin, text) in entries {
-        match Reference::parse(&text) {
-            Ok(reference) => parsed.push((origin, text, ImageSpec::new(reference))),
+        let entry = match platform::split_entry(&text) {
+            Ok(entry) => entry,
+            Err(e) => {
+                problems.push(format!("{origin}: {e}"));
+                continue;
+            }
+        };
+        match Reference::parse(entry.reference) {
+            Ok(reference) => {
+                let spec = ImageSpec::for_platform(reference, entry.platform);
+                parsed.push((origin, text, spec))
+            }
             Err(e) => problems.push(format!("{origin}: {e}")),
         }
     }
@@ -102,6 +132,7 @@ pub fn validate(entries: Vec<(Origin, String)>) -> Result<ImageList, ImageListEr
     let mut by_archive: HashMap<PathBuf, (Origin, Reference)> = HashMap::new();
     for (origin, text, spec) in parsed {
         match by_archive.get(&spec.archive) {
+            // The same archive name and the same image: the platform (part of the name) is too.
             Some((_, first)) if first.canonical() == spec.reference.canonical() => {
                 list.duplicates.push((origin.to_string(), text));
             }
@@ -177,6 +208,70 @@ mod tests {
         let names: Vec<_> = list.images.iter().map(|i| i.reference.to_string()).collect();
         assert_eq!(names, ["nginx", "alpine:3"]);
         assert_eq!(list.duplicates, [("argument 2".to_owned(), "nginx:latest".to_owned())]);
+    }
+
+    #[test]
+    fn entries_with_a_platform_get_their_own_archive() {
+        let list = load(
+            &args(&[
+                "team/app:1",
+                "team/app:1 platform=linux/arm64",
+                "team/app:1   platform=linux/arm64/v8",
+                "docker.io/team/app:1 platform=linux/amd64",
+                "nginx platform=linux/arm",
+            ]),
+            None,
+        )
+        .unwrap();
+        let names: Vec<_> = list.images.iter().map(|i| i.archive.to_string_lossy().into_owned()).collect();
+        assert_eq!(
+            names,
+            [
+                "team/app_1.tar",
+                "team/app_1+linux-arm64.tar",
+                "team/app_1+linux-amd64.tar",
+                "nginx_latest+linux-arm-v7.tar"
+            ]
+        );
+        assert_eq!(
+            list.duplicates,
+            [("argument 3".to_owned(), "team/app:1   platform=linux/arm64/v8".to_owned())]
+        );
+        assert_eq!(list.images[1].platform.as_ref().map(ToString::to_string).as_deref(), Some("linux/arm64"));
+        assert_eq!(list.images[0].platform, None);
+        assert_eq!(list.images[3].entry(), "nginx platform=linux/arm/v7");
+
+        // The collision check still applies to suffixed names.
+        let err = load(
+            &args(&["a.io/team/app:1 platform=linux/arm64", "b.io/team/app:1 platform=linux/arm64"]),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "argument 2: b.io/team/app:1 and a.io/team/app:1 (argument 1) both map to the archive team/app_1+linux-arm64.tar"
+        );
+        let err = load(
+            &args(&["app:1 platform=linux/sparc", "app:2 arch=arm64", "Bad platform=linux/arm64"]),
+            None,
+        )
+        .unwrap_err();
+        let ImageListError::Invalid(problems) = err else { panic!("{err:?}") };
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+        assert!(
+            problems[0].starts_with("argument 1: app:1: invalid platform \"linux/sparc\""),
+            "{}",
+            problems[0]
+        );
+        assert!(
+            problems[1].starts_with("argument 2: app:2: unknown option \"arch=arm64\""),
+            "{}",
+            problems[1]
+        );
+        assert!(problems[2].starts_with("argument 3: invalid image reference \"Bad\""), "{}", problems[2]);
+        // In a file, a comment may follow.
+        let entries = parse_lines(Path::new("l"), "app:1 platform=linux/arm64 # the arm build\n");
+        assert_eq!(entries[0].1, "app:1 platform=linux/arm64");
     }
 
     #[test]

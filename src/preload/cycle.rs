@@ -14,8 +14,8 @@ use tracing::{info, warn};
 
 use crate::human;
 use crate::image::list::ImageSpec;
-use crate::preload::outcome::{Outcome, PassReport};
-use crate::preload::schedule::Schedule;
+use crate::preload::outcome::{FailureKind, Outcome, PassReport};
+use crate::preload::schedule::{FIRST_SLOW_RETRY, Schedule};
 use crate::preload::status::StatusFeed;
 
 /// Totals over the whole run, returned at shutdown.
@@ -64,6 +64,13 @@ where
                 match outcome {
                     Outcome::Built(_) | Outcome::Kept(_) | Outcome::Unchanged => {
                         schedule.succeeded(&image.archive, now)
+                    }
+                    // Credentials refused, image or platform missing: not fixed by retrying soon.
+                    Outcome::Failed(failure)
+                        if matches!(failure.kind, FailureKind::Auth | FailureKind::NotFound) =>
+                    {
+                        let delay = schedule.failed_after(&image.archive, now, FIRST_SLOW_RETRY);
+                        retry = Some(retry.map_or(delay, |r| r.min(delay)));
                     }
                     // Kept, but the registry could not be asked: check again soon.
                     Outcome::Failed(_) | Outcome::Unverified(_) => {

@@ -1,7 +1,9 @@
 //! One pass over the image list: per image, lock its archive, decide, then keep, check the
 //! registry, or build through the store's publish path; report.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -10,12 +12,14 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::human;
 use crate::image::list::ImageSpec;
+use crate::platform::Platform;
 use crate::preload::outcome::{Built, Failure, FailureKind, Outcome, PassReport, Step};
 use crate::preload::policy::{BuildReason, Decision, Inputs, MaxAge, RefreshPolicy};
-use crate::source::ImageSource;
+use crate::registry::{CredentialSet, Lookup, RegistryHost};
+use crate::source::{ErrorKind, ImageSource, SourceError};
 use crate::store::space::{self, MinFree};
 use crate::store::{
-    ArchiveGuard, ArchiveStore, LockError, PublishError, RecordDraft, SpaceWatch, StoreError,
+    ArchiveGuard, ArchiveStore, LockError, PublishError, RecordDraft, RecordState, SpaceWatch, StoreError,
 };
 
 /// How a pass treats archives.
@@ -39,16 +43,40 @@ pub struct Preloader<S> {
     source: S,
     store: ArchiveStore,
     settings: Settings,
+    /// The registry credentials in force (replaced between passes when the config file changes).
+    credentials: RwLock<CredentialSet>,
+    /// One build at a time per source name: the same reference listed for two platforms is
+    /// pulled and exported under one tag, so its builds must not interleave.
+    names: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl<S: ImageSource> Preloader<S> {
-    /// A preloader with these settings.
+    /// A preloader with these settings (and no registry credentials).
     pub fn new(source: S, store: ArchiveStore, settings: Settings) -> Self {
         Preloader {
             source,
             store,
             settings: Settings { concurrency: settings.concurrency.max(1), ..settings },
+            credentials: RwLock::new(CredentialSet::default()),
+            names: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Puts `credentials` in force for the images processed from now on.
+    pub fn set_credentials(&self, credentials: CredentialSet) {
+        *self.credentials.write().unwrap_or_else(|e| e.into_inner()) = credentials;
+    }
+
+    /// What the credentials in force hold for `image`'s registry.
+    fn auth_for(&self, image: &ImageSpec) -> Lookup {
+        let credentials = self.credentials.read().unwrap_or_else(|e| e.into_inner());
+        credentials.lookup(&RegistryHost::of(&image.reference))
+    }
+
+    /// The lock serialising builds under one source name.
+    fn name_lock(&self, image: &ImageSpec) -> Arc<tokio::sync::Mutex<()>> {
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        names.entry(image.reference.export_name()).or_default().clone()
     }
 
     /// The archive store.
@@ -112,14 +140,17 @@ impl<S: ImageSource> Preloader<S> {
                 Ok(state) => state,
                 Err(e) => return log_failure(Failure::store(e)),
             };
-            let decision = Decision::decide(&Inputs {
-                archive,
-                record: &record,
-                pinned: image.reference.digest().is_some(),
-                now: SystemTime::now(),
-                max_age: self.settings.max_age,
-                policy: self.settings.refresh,
-            });
+            let decision = match other_platform(image, &record) {
+                Some(reason) => Decision::Build(reason),
+                None => Decision::decide(&Inputs {
+                    archive,
+                    record: &record,
+                    pinned: image.reference.digest().is_some(),
+                    now: SystemTime::now(),
+                    max_age: self.settings.max_age,
+                    policy: self.settings.refresh,
+                }),
+            };
             match decision {
                 Decision::Keep(reason) => {
                     info!(decision = "keep", "up to date: {reason}");
@@ -142,10 +173,11 @@ impl<S: ImageSource> Preloader<S> {
         recorded: String,
         cancel: &CancellationToken,
     ) -> Outcome {
+        let auth = self.auth_for(image);
         let current = tokio::select! {
             biased;
             _ = cancel.cancelled() => return Outcome::Cancelled,
-            current = self.source.remote_digest(&image.reference) => current,
+            current = self.source.remote_digest(&image.reference, &auth) => current,
         };
         match current {
             Ok(current) if current == recorded => match guard.touch().await {
@@ -157,6 +189,11 @@ impl<S: ImageSource> Preloader<S> {
             },
             Ok(current) => {
                 self.build_logged(guard, image, BuildReason::Changed { recorded, current }, cancel).await
+            }
+            // The registry answered and refused: not an outage but a configuration problem, so a
+            // failure (with its slower retry), though the archive is kept.
+            Err(e) if e.kind == ErrorKind::Auth => {
+                log_failure(source_failure(Step::Pull, e, &auth, "; the archive is kept"))
             }
             Err(e) => {
                 warn!(
@@ -215,14 +252,31 @@ impl<S: ImageSource> Preloader<S> {
         reason: BuildReason,
         cancel: &CancellationToken,
     ) -> Result<Option<Built>, Failure> {
+        let name_lock = self.name_lock(image);
+        let _one_build_per_name = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Ok(None),
+            held = name_lock.lock() => held,
+        };
         let started = Instant::now();
+        let auth = self.auth_for(image);
+        let platform = image.platform.as_ref();
         let pulled = tokio::select! {
             biased;
             _ = cancel.cancelled() => return Ok(None),
-            pulled = self.source.pull(&image.reference) => pulled.map_err(|e| Failure::source(Step::Pull, e))?,
+            pulled = self.source.pull(&image.reference, platform, &auth) => {
+                pulled.map_err(|e| source_failure(Step::Pull, e, &auth, ""))?
+            }
         };
         let facts =
             self.source.inspect(&image.reference).await.map_err(|e| Failure::source(Step::Pull, e))?;
+        if let (Some(wanted), Some(got)) = (platform, &facts.platform)
+            && !provides(wanted, got)
+        {
+            // A daemon pulls a single-platform image whatever platform was asked for.
+            let message = format!("{} provides no {wanted} image (it is {got})", image.reference);
+            return Err(Failure::new(Step::Pull, FailureKind::NotFound, message));
+        }
         let pull_time = started.elapsed();
 
         self.check_space(guard, facts.size).await?;
@@ -274,6 +328,32 @@ impl<S: ImageSource> Preloader<S> {
         .await
         .map_err(|e| Failure::new(Step::Space, FailureKind::NoSpace, e))
     }
+}
+
+/// When a platform is asked for and the record says the archive holds another one (`--platform`
+/// changed), the archive is rebuilt whatever its age.
+fn other_platform(image: &ImageSpec, record: &RecordState) -> Option<BuildReason> {
+    let wanted = image.platform.as_ref()?;
+    let RecordState::Present { platform: Some(recorded), .. } = record else { return None };
+    let held = Platform::parse(recorded).ok()?;
+    (!provides(wanted, &held))
+        .then(|| BuildReason::Platform { recorded: recorded.clone(), wanted: wanted.to_string() })
+}
+
+/// Whether an image of platform `got` is the `wanted` one (a wanted variant must match).
+fn provides(wanted: &Platform, got: &Platform) -> bool {
+    wanted.os() == got.os()
+        && wanted.architecture() == got.architecture()
+        && (wanted.variant().is_none() || wanted.variant() == got.variant())
+}
+
+/// A source failure; one refused for authentication also says what credentials were used.
+fn source_failure(step: Step, error: SourceError, auth: &Lookup, suffix: &str) -> Failure {
+    let mut failure = Failure::source(step, error);
+    if failure.kind == FailureKind::Auth {
+        failure.message = format!("{}; {auth}{suffix}", failure.message);
+    }
+    failure
 }
 
 fn log_failure(failure: Failure) -> Outcome {

@@ -105,6 +105,8 @@ pub enum BuildReason {
     AlwaysRebuild,
     /// The registry now serves different content for the reference.
     Changed { recorded: String, current: String },
+    /// The archive holds another platform than the one now asked for.
+    Platform { recorded: String, wanted: String },
 }
 
 /// Why an archive is kept.
@@ -179,6 +181,9 @@ impl fmt::Display for BuildReason {
             BuildReason::Changed { recorded, current } => {
                 write!(f, "the registry now serves {current} (archive has {recorded})")
             }
+            BuildReason::Platform { recorded, wanted } => {
+                write!(f, "the archive holds {recorded}, {wanted} is wanted")
+            }
         }
     }
 }
@@ -213,7 +218,7 @@ mod tests {
     const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 
     fn recorded(size: u64) -> RecordState {
-        RecordState::Present { size, repo_digest: Some(DIGEST.into()), damaged: None }
+        RecordState::Present { size, repo_digest: Some(DIGEST.into()), damaged: None, platform: None }
     }
 
     fn decide(
@@ -321,7 +326,7 @@ mod tests {
 
     #[test]
     fn digest_policy_rebuilds_what_it_cannot_compare() {
-        let no_digest = RecordState::Present { size: 100, repo_digest: None, damaged: None };
+        let no_digest = RecordState::Present { size: 100, repo_digest: None, damaged: None, platform: None };
         for record in [RecordState::Missing, no_digest] {
             assert_eq!(
                 decide(Some(DAY * 8), &record, MaxAge::Days(7), Digest),
@@ -361,6 +366,7 @@ mod tests {
                     size: 100,
                     repo_digest: None,
                     damaged: Some("sha256 mismatch".into()),
+                    platform: None,
                 };
                 assert_eq!(
                     decide(fresh, &marked, max_age, policy),

@@ -2,7 +2,8 @@
 //!
 //! Every image starts due. After a pass an image that succeeded is due again one interval later;
 //! one that failed is retried sooner, after a backoff that starts at 30 s and doubles up to the
-//! interval, so one bad minute does not leave a node cold for an hour.
+//! interval, so one bad minute does not leave a node cold for an hour. Failures that waiting
+//! seconds will not fix (credentials refused, image or platform not found) back off from 5 min.
 
 use std::time::Duration;
 
@@ -11,10 +12,18 @@ use tokio::time::Instant;
 /// First retry delay after a failure.
 pub const FIRST_RETRY: Duration = Duration::from_secs(30);
 
+/// First retry delay after a failure that needs someone to act (credentials, a missing image).
+pub const FIRST_SLOW_RETRY: Duration = Duration::from_secs(300);
+
 /// The delay before retry number `failures` (1 for the first failure), capped at `interval`.
 pub fn backoff(failures: u32, interval: Duration) -> Duration {
+    backoff_from(FIRST_RETRY, failures, interval)
+}
+
+/// The delay before retry number `failures`, doubling from `first`, capped at `interval`.
+pub fn backoff_from(first: Duration, failures: u32, interval: Duration) -> Duration {
     let doubling = 2u32.saturating_pow(failures.saturating_sub(1));
-    FIRST_RETRY.saturating_mul(doubling).min(interval)
+    first.saturating_mul(doubling).min(interval)
 }
 
 #[derive(Debug, Clone)]
@@ -70,11 +79,16 @@ impl<K: Clone + PartialEq> Schedule<K> {
 
     /// Records a failure and returns the delay before the retry.
     pub fn failed(&mut self, key: &K, now: Instant) -> Duration {
+        self.failed_after(key, now, FIRST_RETRY)
+    }
+
+    /// Records a failure whose retries back off from `first`; returns the delay before the retry.
+    pub fn failed_after(&mut self, key: &K, now: Instant, first: Duration) -> Duration {
         let interval = self.interval;
         match self.slots.iter_mut().find(|s| &s.key == key) {
             Some(slot) => {
                 slot.failures = slot.failures.saturating_add(1);
-                let delay = backoff(slot.failures, interval);
+                let delay = backoff_from(first, slot.failures, interval);
                 slot.due = now + delay;
                 delay
             }
@@ -100,6 +114,16 @@ mod tests {
         assert_eq!(delays, [30, 60, 120, 240, 480, 960, 1920, 3600, 3600]);
         assert_eq!(backoff(u32::MAX, HOUR), HOUR);
         assert_eq!(backoff(1, Duration::from_secs(5)), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn slow_failures_back_off_from_5_minutes() {
+        let delays: Vec<u64> = (1..=5).map(|n| backoff_from(FIRST_SLOW_RETRY, n, HOUR).as_secs()).collect();
+        assert_eq!(delays, [300, 600, 1200, 2400, 3600]);
+        let t0 = Instant::now();
+        let mut s = Schedule::new(["a"], HOUR, t0);
+        assert_eq!(s.failed_after(&"a", t0, FIRST_SLOW_RETRY), Duration::from_secs(300));
+        assert_eq!(s.failed(&"a", t0), Duration::from_secs(60), "one failure count per key");
     }
 
     #[test]

@@ -14,11 +14,13 @@ use tokio_util::sync::CancellationToken;
 use crate::format::tar::tests::TarBuilder;
 use crate::image::list::ImageSpec;
 use crate::image::reference::Reference;
+use crate::platform::Platform;
 use crate::preload::cycle;
 use crate::preload::outcome::{FailureKind, Outcome, Step};
 use crate::preload::pass::{Preloader, Settings};
 use crate::preload::policy::{BuildReason, KeepReason, MaxAge, RefreshPolicy};
 use crate::preload::status::StatusFeed;
+use crate::registry::Lookup;
 use crate::source::{ErrorKind, ImageFacts, ImageSource, Operation, PullOutcome, Pulled, SourceError};
 use crate::store::ArchiveStore;
 use crate::store::record::Record;
@@ -85,7 +87,12 @@ fn archive_bytes(marker: u8) -> Vec<u8> {
 }
 
 impl ImageSource for Fake {
-    async fn pull(&self, image: &Reference) -> Result<Pulled, SourceError> {
+    async fn pull(
+        &self,
+        image: &Reference,
+        _platform: Option<&Platform>,
+        _auth: &Lookup,
+    ) -> Result<Pulled, SourceError> {
         self.call("pull", image);
         if let Some(kind) = *self.pull_fails.lock().unwrap() {
             let message = "unauthorized: authentication required".into();
@@ -107,10 +114,11 @@ impl ImageSource for Fake {
         Ok(ImageFacts {
             id: format!("sha256:{}", "cd".repeat(32)),
             size: Some(4096 + image.to_string().len() as u64),
+            platform: None,
         })
     }
 
-    async fn remote_digest(&self, image: &Reference) -> Result<String, SourceError> {
+    async fn remote_digest(&self, image: &Reference, _auth: &Lookup) -> Result<String, SourceError> {
         self.call("digest", image);
         Ok(self.lookup(Operation::Resolve, image)?.digest)
     }
@@ -294,7 +302,8 @@ async fn the_loop_backs_off_after_failures_and_feeds_the_status() {
         .filter(|(_, c)| c.starts_with("pull"))
         .map(|(t, c)| (*t, c.as_str()))
         .collect();
-    assert_eq!(pulls, [(0, "pull good:1"), (0, "pull bad:1"), (30, "pull bad:1"), (90, "pull bad:1")]);
+    // A missing image backs off from 5 min (300 s, then 600 s), not from 30 s like an outage.
+    assert_eq!(pulls, [(0, "pull good:1"), (0, "pull bad:1"), (300, "pull bad:1"), (900, "pull bad:1")]);
     assert_eq!((summary.passes, summary.built, summary.failures), (3, 2, 2));
     let status = status.borrow().clone();
     assert!(status.ready(), "{status:?}");

@@ -8,8 +8,10 @@ use bytes::Bytes;
 use futures_util::stream::{BoxStream, StreamExt, TryStreamExt};
 use tracing::debug;
 
-use crate::daemon::{CallError, DockerDaemon};
+use crate::daemon::{CallError, DockerDaemon, registry_auth};
 use crate::image::reference::Reference;
+use crate::platform::Platform;
+use crate::registry::Lookup;
 use crate::source::{ImageFacts, ImageSource, Operation, PullOutcome, Pulled, SourceError};
 
 /// The source error for a failed daemon call.
@@ -19,12 +21,18 @@ fn failed(operation: Operation, image: &Reference, error: bollard::errors::Error
 }
 
 impl ImageSource for DockerDaemon {
-    async fn pull(&self, image: &Reference) -> Result<Pulled, SourceError> {
-        let options = CreateImageOptionsBuilder::default()
-            .from_image(&image.repository())
-            .tag(&image.pull_tag())
-            .build();
-        let mut progress = self.client().create_image(Some(options), None, None);
+    async fn pull(
+        &self,
+        image: &Reference,
+        platform: Option<&Platform>,
+        auth: &Lookup,
+    ) -> Result<Pulled, SourceError> {
+        let mut options =
+            CreateImageOptionsBuilder::default().from_image(&image.repository()).tag(&image.pull_tag());
+        if let Some(platform) = platform {
+            options = options.platform(&platform.to_string());
+        }
+        let mut progress = self.client().create_image(Some(options.build()), None, registry_auth(auth));
         let mut outcome = PullOutcome::Unknown;
         let mut digest = None;
         while let Some(item) = progress.next().await {
@@ -72,16 +80,22 @@ impl ImageSource for DockerDaemon {
             )
         })?;
         let size = info.size.and_then(|s| u64::try_from(s).ok()).filter(|s| *s > 0);
-        Ok(ImageFacts { id, size })
+        let platform = match (&info.os, &info.architecture) {
+            (Some(os), Some(architecture)) => {
+                Some(Platform::from_parts(os, architecture, info.variant.as_deref()))
+            }
+            _ => None,
+        };
+        Ok(ImageFacts { id, size, platform })
     }
 
-    async fn remote_digest(&self, image: &Reference) -> Result<String, SourceError> {
-        // The daemon's distribution endpoint resolves the tag at the registry with the daemon's
-        // credentials (Docker 20.10: a manifest HEAD, then a GET of that manifest by digest to list
+    async fn remote_digest(&self, image: &Reference, auth: &Lookup) -> Result<String, SourceError> {
+        // The daemon's distribution endpoint resolves the tag at the registry with the credentials
+        // passed along (Docker 20.10: a manifest HEAD, then a GET of that manifest by digest to list
         // its platforms). Nothing is downloaded beyond the manifest.
         let info = self
             .client()
-            .inspect_registry_image(&image.export_name(), None)
+            .inspect_registry_image(&image.export_name(), registry_auth(auth))
             .await
             .map_err(|e| failed(Operation::Resolve, image, e))?;
         info.descriptor.digest.ok_or_else(|| {

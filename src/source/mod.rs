@@ -21,17 +21,29 @@ pub use error::{ErrorKind, Operation, SourceError};
 
 use crate::daemon::DockerDaemon;
 use crate::image::reference::Reference;
+use crate::platform::Platform;
+use crate::registry::Lookup;
 
-/// A source of image archives.
+/// A source of image archives. Calls that reach a registry get the credentials found for it
+/// (`auth`, possibly none); `platform` `None` means the source's own.
 pub trait ImageSource: Send + Sync {
     /// Makes the newest content for `image` available for export (for a daemon: a pull).
-    fn pull(&self, image: &Reference) -> impl Future<Output = Result<Pulled, SourceError>> + Send;
+    fn pull(
+        &self,
+        image: &Reference,
+        platform: Option<&Platform>,
+        auth: &Lookup,
+    ) -> impl Future<Output = Result<Pulled, SourceError>> + Send;
 
-    /// Facts about the pulled image: its ID and content size.
+    /// Facts about the pulled image: its ID, content size and platform.
     fn inspect(&self, image: &Reference) -> impl Future<Output = Result<ImageFacts, SourceError>> + Send;
 
     /// The digest the registry currently serves for `image`, without pulling it.
-    fn remote_digest(&self, image: &Reference) -> impl Future<Output = Result<String, SourceError>> + Send;
+    fn remote_digest(
+        &self,
+        image: &Reference,
+        auth: &Lookup,
+    ) -> impl Future<Output = Result<String, SourceError>> + Send;
 
     /// Streams `image` as a `docker save` archive (classic or OCI layout).
     fn export(&self, image: &Reference) -> BoxStream<'static, Result<Bytes, SourceError>>;
@@ -50,10 +62,15 @@ pub enum Source {
 }
 
 impl ImageSource for Source {
-    async fn pull(&self, image: &Reference) -> Result<Pulled, SourceError> {
+    async fn pull(
+        &self,
+        image: &Reference,
+        platform: Option<&Platform>,
+        auth: &Lookup,
+    ) -> Result<Pulled, SourceError> {
         match self {
-            Source::Daemon(daemon) => daemon.pull(image).await,
-            Source::Registry(registry) => registry.pull(image).await,
+            Source::Daemon(daemon) => daemon.pull(image, platform, auth).await,
+            Source::Registry(registry) => registry.pull(image, platform, auth).await,
         }
     }
 
@@ -64,10 +81,10 @@ impl ImageSource for Source {
         }
     }
 
-    async fn remote_digest(&self, image: &Reference) -> Result<String, SourceError> {
+    async fn remote_digest(&self, image: &Reference, auth: &Lookup) -> Result<String, SourceError> {
         match self {
-            Source::Daemon(daemon) => daemon.remote_digest(image).await,
-            Source::Registry(registry) => registry.remote_digest(image).await,
+            Source::Daemon(daemon) => daemon.remote_digest(image, auth).await,
+            Source::Registry(registry) => registry.remote_digest(image, auth).await,
         }
     }
 
@@ -102,6 +119,8 @@ pub struct ImageFacts {
     pub id: String,
     /// Size of its content in bytes (about the size of its archive), if the source knows it.
     pub size: Option<u64>,
+    /// Its platform, if the source knows it.
+    pub platform: Option<Platform>,
 }
 
 /// What a pull found.

@@ -15,6 +15,7 @@ use crate::registry::client;
 use crate::format::builder::{ArchivePlan, ArchiveSpec, BlobRef, Part};
 use crate::image::reference::Reference;
 use crate::platform::Platform;
+use crate::registry::Lookup;
 use crate::registry::client::{RegistryClient, RegistryError, Resolved, Target};
 use crate::registry::manifest::{self, LayerKind};
 
@@ -160,8 +161,15 @@ fn source_error(operation: Operation, image: &Reference, error: RegistryError) -
 }
 
 impl ImageSource for RegistrySource {
-    async fn pull(&self, image: &Reference) -> Result<Pulled, SourceError> {
-        let prepared = prepare(&self.client, image, &self.platform)
+    /// The credentials come from the client's own lookup (the same credentials in force), so
+    /// `_auth` is not needed here.
+    async fn pull(
+        &self,
+        image: &Reference,
+        platform: Option<&Platform>,
+        _auth: &Lookup,
+    ) -> Result<Pulled, SourceError> {
+        let prepared = prepare(&self.client, image, platform.unwrap_or(&self.platform))
             .await
             .map_err(|e| source_error(Operation::Pull, image, e))?;
         let digest = Some(prepared.resolved.digest.clone());
@@ -176,10 +184,14 @@ impl ImageSource for RegistrySource {
             kind: ErrorKind::Other,
             message: "the image was not resolved first".into(),
         })?;
-        Ok(ImageFacts { id: prepared.image_id().to_owned(), size: Some(prepared.plan.size()) })
+        Ok(ImageFacts {
+            id: prepared.image_id().to_owned(),
+            size: Some(prepared.plan.size()),
+            platform: crate::format::layout::config_platform(&prepared.resolved.config),
+        })
     }
 
-    async fn remote_digest(&self, image: &Reference) -> Result<String, SourceError> {
+    async fn remote_digest(&self, image: &Reference, _auth: &Lookup) -> Result<String, SourceError> {
         self.client
             .head_digest(&Target::of(image))
             .await

@@ -132,6 +132,7 @@ pub(crate) fn publish_written(written: Written, draft: RecordDraft) -> Result<Pu
     file.set_permissions(fs::Permissions::from_mode(FILE_MODE)).map_err(publish_err)?;
     file.sync_all().map_err(publish_err)?;
     let now = record::timestamp(SystemTime::now());
+    let platform = contents.images.first().and_then(|i| i.platform.as_ref()).map(ToString::to_string);
     let mut record = Record {
         format: FORMAT,
         reference: draft.reference,
@@ -145,6 +146,7 @@ pub(crate) fn publish_written(written: Written, draft: RecordDraft) -> Result<Pu
         damaged: None,
         pending: true,
         mtime_ns: None,
+        platform,
         tool: format!("image-preloader {}", env!("CARGO_PKG_VERSION")),
     };
     // The record names the new content before the rename: whatever a crash leaves under the

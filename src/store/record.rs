@@ -51,6 +51,9 @@ pub struct Record {
     /// written: a different time means the file changed behind the record's back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtime_ns: Option<u64>,
+    /// The platform of the archived image (`os/arch[/variant]`, from its config), if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
     /// The tool that wrote it, e.g. `image-preloader 0.1.0`.
     pub tool: String,
 }
@@ -146,6 +149,7 @@ mod tests {
             damaged: None,
             pending: false,
             mtime_ns: None,
+            platform: Some("linux/amd64".into()),
             tool: "image-preloader 0.1.0".into(),
         }
     }

@@ -35,6 +35,8 @@ pub enum RecordState {
         repo_digest: Option<String>,
         /// Why `verify` found the archive damaged, if it did.
         damaged: Option<String>,
+        /// The platform of the archived image, if recorded.
+        platform: Option<String>,
     },
     /// A record that cannot be read or parsed.
     Unreadable(String),
@@ -65,7 +67,12 @@ pub fn read(path: &Path) -> Result<(Option<ArchiveState>, RecordState), StoreErr
 }
 
 fn present(r: Record) -> RecordState {
-    RecordState::Present { size: r.size, repo_digest: r.repo_digest, damaged: r.damaged }
+    RecordState::Present {
+        size: r.size,
+        repo_digest: r.repo_digest,
+        damaged: r.damaged,
+        platform: r.platform,
+    }
 }
 
 /// Whether the record cannot be trusted on size alone.
@@ -91,6 +98,7 @@ fn settle(path: &Path, mut record: Record, archive: ArchiveState) -> Result<Reco
         size: record.size,
         repo_digest: record.repo_digest,
         damaged: Some(format!("{why} and its checksum differs from the record's")),
+        platform: record.platform,
     })
 }
 

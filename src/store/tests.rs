@@ -72,7 +72,15 @@ async fn publishes_atomically_with_readable_mode() {
     let guard = store.try_lock(rel).unwrap().unwrap();
     let (state, recorded) = guard.state().await.unwrap();
     assert_eq!(state.unwrap().size, bytes.len() as u64);
-    assert_eq!(recorded, RecordState::Present { size: record.size, repo_digest: None, damaged: None });
+    assert_eq!(
+        recorded,
+        RecordState::Present {
+            size: record.size,
+            repo_digest: None,
+            damaged: None,
+            platform: record.platform.clone()
+        }
+    );
     drop(guard);
     assert_eq!(store.recorded().await.found, vec![(rel.to_owned(), record)]);
     assert_eq!(store.archives().await.found, vec![rel.to_owned()]);
@@ -175,7 +183,15 @@ async fn touch_refreshes_time_and_record() {
     guard.touch().await.unwrap();
     let (state, recorded) = guard.state().await.unwrap();
     assert!(state.unwrap().modified > old + Duration::from_secs(29 * 86400));
-    assert_eq!(recorded, RecordState::Present { size: published.bytes, repo_digest: None, damaged: None });
+    assert_eq!(
+        recorded,
+        RecordState::Present {
+            size: published.bytes,
+            repo_digest: None,
+            damaged: None,
+            platform: published.record.platform.clone()
+        }
+    );
     let record = Record::read(&published.path).unwrap().unwrap();
     assert_ne!(record.checked, stale.checked);
     assert_eq!(record.sha256, published.record.sha256, "content untouched");
@@ -211,7 +227,15 @@ async fn a_pending_record_over_the_new_archive_is_confirmed() {
     pending.write(&published.path).unwrap();
     let guard = store.try_lock(Path::new("a_1.tar")).unwrap().unwrap();
     let (_, recorded) = guard.state().await.unwrap();
-    assert_eq!(recorded, RecordState::Present { size: published.bytes, repo_digest: None, damaged: None });
+    assert_eq!(
+        recorded,
+        RecordState::Present {
+            size: published.bytes,
+            repo_digest: None,
+            damaged: None,
+            platform: published.record.platform.clone()
+        }
+    );
     let record = Record::read(&published.path).unwrap().unwrap();
     assert!(!record.pending && record.mtime_ns.is_some(), "{record:?}");
 }

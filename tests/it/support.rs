@@ -66,7 +66,16 @@ pub fn ensure_docker() {
 
 /// Runs the docker CLI and returns stdout; panics with stderr on failure.
 pub fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).env("DOCKER_BUILDKIT", "0").output().expect("run docker");
+    docker_with_config(None, args)
+}
+
+/// Runs the docker CLI with `--config DIR` when given (credentials for a private registry).
+pub fn docker_with_config(config: Option<&Path>, args: &[&str]) -> String {
+    let mut cmd = Command::new("docker");
+    if let Some(dir) = config {
+        cmd.arg("--config").arg(dir);
+    }
+    let out = cmd.args(args).env("DOCKER_BUILDKIT", "0").output().expect("run docker");
     assert!(
         out.status.success(),
         "docker {} failed: {}",
@@ -117,6 +126,18 @@ impl TestImage {
 
     /// Like [`TestImage::push_with_data`], to the registry at `registry`.
     pub fn push_to(registry: &str, path: &str, tag: &str, data_bytes: usize) -> TestImage {
+        TestImage::push_with_config(registry, path, tag, data_bytes, None)
+    }
+
+    /// Like [`TestImage::push_to`], pushing with the docker CLI's config directory `config` (the
+    /// credentials of a password-protected registry).
+    pub fn push_with_config(
+        registry: &str,
+        path: &str,
+        tag: &str,
+        data_bytes: usize,
+        config: Option<&Path>,
+    ) -> TestImage {
         ensure_docker();
         let repository = format!("{registry}/{path}");
         let reference = format!("{repository}:{tag}");
@@ -140,7 +161,7 @@ impl TestImage {
         // another build is about to use ("unknown parent image ID").
         docker(&["build", "-q", "--no-cache", "-t", &reference, context.path().to_str().unwrap()]);
         let id = docker(&["image", "inspect", "--format", "{{.Id}}", &reference]);
-        docker(&["push", "-q", &reference]);
+        docker_with_config(config, &["push", "-q", &reference]);
         let repo_digest = docker(&["image", "inspect", "--format", "{{index .RepoDigests 0}}", &reference]);
         let digest = repo_digest.split_once('@').expect("a repo digest after push").1.to_owned();
         let image = TestImage { reference, repository, id, digest, marker };
@@ -424,6 +445,34 @@ pub fn edit_record(archive: &Path, field: &str, value: serde_json::Value) {
     let mut path = archive.as_os_str().to_owned();
     path.push(".json");
     std::fs::write(path, serde_json::to_vec_pretty(&record).unwrap()).unwrap();
+}
+
+/// The password-protected registry (htpasswd) scripts/test.sh starts, with its fixed user.
+pub const AUTH_USER: &str = "preloader";
+/// Its password (scripts/env.sh sets the same one).
+pub const AUTH_PASSWORD: &str = "pre?load>er~secret";
+
+/// The password-protected registry's address; fails the test if it does not ask for a password.
+pub fn auth_registry() -> &'static str {
+    static REGISTRY: OnceLock<Result<String, String>> = OnceLock::new();
+    let result = REGISTRY.get_or_init(|| {
+        let addr =
+            std::env::var("IMAGE_PRELOADER_TEST_AUTH_REGISTRY").unwrap_or_else(|_| "127.0.0.1:5001".into());
+        let hint = "run scripts/test.sh, which starts a password-protected registry (docker-registry \
+                    with htpasswd auth, user preloader) on 127.0.0.1:5001";
+        match http_get(&addr, "/v2/") {
+            Ok(status) if status.starts_with("HTTP/1.1 401") => Ok(addr),
+            Ok(status) => Err(format!("the registry at {addr} answered {status:?}, not 401; {hint}")),
+            Err(e) => Err(format!("no registry answers at {addr} ({e}); {hint}")),
+        }
+    });
+    match result {
+        Ok(addr) => {
+            ensure_docker();
+            addr
+        }
+        Err(message) => panic!("{message}"),
+    }
 }
 
 /// A registry of the test's own on a free loopback port, so the test can stop it.
