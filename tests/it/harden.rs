@@ -168,6 +168,7 @@ fn hostile_archives_and_records_are_damaged_in_bounded_memory() {
     crate::support::ensure_docker();
     let (code, stdout, stderr, rss) = run_measured(preloader(&[
         "load",
+        "--strict",
         "--dir",
         dir.path().to_str().unwrap(),
         "--docker-host",
