@@ -17,9 +17,10 @@ Exit codes:
   0  success (for `run`: stopped by SIGTERM or SIGINT)
   1  at least one image failed (`warm`); damaged, unrecorded or missing archives (`verify`);
      with --strict, an archive missing, damaged, not loadable or cut by --deadline (`load`)
-  2  usage or configuration error (invalid reference, two references mapping to one archive,
-     unreadable images file, a --listen address that cannot be bound), detected before any
-     pull or write
+  2  usage or configuration error (invalid reference or one too long for a file name, two
+     references mapping to one archive, an images file that is unreadable or not a regular file,
+     a --dir that is not a directory, a --listen address that cannot be bound),
+     detected before any pull or write
   3  the Docker daemon did not answer within --wait-timeout
   130 interrupted (`warm` or `load` stopped by a signal)";
 

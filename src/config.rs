@@ -179,6 +179,30 @@ pub enum ConfigError {
     NothingToLoad,
     #[error("invalid archive path {0:?}: a relative path must stay inside --dir (no `..`)")]
     ArchivePath(PathBuf),
+    #[error("--dir {0} does not exist")]
+    NoDirectory(PathBuf),
+    #[error("--dir {0} is not a directory")]
+    NotADirectory(PathBuf),
+    #[error("--dir {path}: {message}")]
+    DirectoryUnreadable { path: PathBuf, message: String },
+}
+
+/// Checks `--dir` before any work: it must be a directory if it exists (and, for `verify`, it must
+/// exist: a directory that is not there holds no archive to vouch for).
+fn check_dir(dir: PathBuf, must_exist: bool) -> Result<PathBuf, ConfigError> {
+    match std::fs::metadata(&dir) {
+        Ok(meta) if meta.is_dir() => Ok(dir),
+        Ok(_) => Err(ConfigError::NotADirectory(dir)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if must_exist {
+                Err(ConfigError::NoDirectory(dir))
+            } else {
+                Ok(dir)
+            }
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Err(ConfigError::NotADirectory(dir)),
+        Err(e) => Err(ConfigError::DirectoryUnreadable { path: dir, message: e.to_string() }),
+    }
 }
 
 impl TryFrom<CliCommand> for Config {
@@ -202,7 +226,7 @@ impl TryFrom<CliCommand> for Config {
             }
             CliCommand::Warm(args) => Config::Warm(preload_config(args.preload, Mode::Auto)?),
             CliCommand::Path(args) => Config::Path { images: path_list(&args.images)?, record: args.record },
-            CliCommand::Verify(args) => Config::Verify { dir: args.dir.dir },
+            CliCommand::Verify(args) => Config::Verify { dir: check_dir(args.dir.dir, true)? },
             CliCommand::Status(args) => {
                 let listed = !args.images.images.is_empty() || args.images.images_file.is_some();
                 let images = if listed {
@@ -226,6 +250,12 @@ fn image_list(args: &ImagesArgs) -> Result<Vec<ImageSpec>, ConfigError> {
     let list = list::load(&args.images, args.images_file.as_deref())?;
     for (origin, reference) in &list.duplicates {
         tracing::warn!("{origin}: {reference} names an image already listed; ignored");
+    }
+    for (origin, reference, first) in &list.same_image {
+        tracing::warn!(
+            "{origin}: {reference} names the same image as {first} under another archive name; both \
+             archives are written (the second pull finds the image up to date)"
+        );
     }
     if list.images.is_empty() {
         return Err(ConfigError::NoImages);
@@ -273,7 +303,7 @@ fn load_config(args: LoadArgs) -> Result<LoadConfig, ConfigError> {
         return Err(ConfigError::NothingToLoad);
     }
     Ok(LoadConfig {
-        dir: args.dir.dir,
+        dir: check_dir(args.dir.dir, false)?,
         archives: args.archives,
         images,
         all: args.all,
@@ -344,7 +374,7 @@ fn preload_config(args: PreloadArgs, default_mode: Mode) -> Result<PreloadConfig
     }
     Ok(PreloadConfig {
         images,
-        dir: args.dir.dir,
+        dir: check_dir(args.dir.dir, false)?,
         max_age: MaxAge::from_days(args.max_image_age),
         refresh: match args.refresh_policy {
             RefreshPolicyArg::Digest => RefreshPolicy::Digest,

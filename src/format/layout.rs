@@ -11,18 +11,35 @@
 
 use serde::Deserialize;
 
-use crate::format::tar::TarListing;
+use crate::format::tar::{EntryKind, TarListing};
 use crate::platform::Platform;
 
 /// Largest blob captured for inspection (manifests and configs are far smaller).
 const SMALL_BLOB_MAX: u64 = 256 << 10;
 
+/// Largest `manifest.json` or `index.json` read (one image's are a few KiB); a larger one makes the
+/// archive damaged.
+pub const TOP_FILE_MAX: u64 = 1 << 20;
+
 /// Which small files the tar scanner keeps for the checks below (top-level `.json` files are the
 /// image configs of the classic layout, read for their platform).
 pub fn capture_filter(path: &str, size: u64) -> bool {
-    matches!(path, "manifest.json" | "index.json" | "oci-layout")
+    (matches!(path, "manifest.json" | "index.json" | "oci-layout") && size <= TOP_FILE_MAX)
         || ((path.starts_with("blobs/") || (!path.contains('/') && path.ends_with(".json")))
+            && !matches!(path, "manifest.json" | "index.json")
             && size <= SMALL_BLOB_MAX)
+}
+
+/// The captured content of `manifest.json` or `index.json`; `Ok(None)` if the archive has none,
+/// an error if it has one too large to have been captured.
+fn top_file<'a>(listing: &'a TarListing, path: &'static str) -> Result<Option<&'a [u8]>, LayoutError> {
+    match (listing.captured(path), listing.entry(path)) {
+        (Some(data), _) => Ok(Some(data)),
+        (None, Some(EntryKind::File { size })) if *size > TOP_FILE_MAX => {
+            Err(LayoutError::TooLarge { path, size: *size })
+        }
+        _ => Ok(None),
+    }
 }
 
 /// The export layout.
@@ -62,6 +79,8 @@ pub struct ArchiveContents {
 pub enum LayoutError {
     #[error("no manifest.json")]
     NoManifest,
+    #[error("{path} has {size} bytes, more than the {TOP_FILE_MAX} this tool reads")]
+    TooLarge { path: &'static str, size: u64 },
     #[error("manifest.json is not valid: {0}")]
     BadManifest(String),
     #[error("manifest.json lists no image")]
@@ -109,7 +128,7 @@ struct ImageManifest {
 
 /// Checks a scanned archive, returning what it holds.
 pub fn check(listing: &TarListing) -> Result<ArchiveContents, LayoutError> {
-    let manifest = listing.captured("manifest.json").ok_or(LayoutError::NoManifest)?;
+    let manifest = top_file(listing, "manifest.json")?.ok_or(LayoutError::NoManifest)?;
     let entries: Vec<ManifestEntry> =
         serde_json::from_slice(manifest).map_err(|e| LayoutError::BadManifest(e.to_string()))?;
     if entries.is_empty() {
@@ -131,7 +150,7 @@ pub fn check(listing: &TarListing) -> Result<ArchiveContents, LayoutError> {
         });
     }
 
-    let layout = match listing.captured("index.json") {
+    let layout = match top_file(listing, "index.json")? {
         None => Layout::Classic,
         Some(index) => {
             check_oci(listing, index)?;
@@ -337,5 +356,10 @@ mod tests {
         assert_eq!(check(&scan(&empty)).unwrap_err(), LayoutError::EmptyManifest);
         let garbage = TarBuilder::default().file("manifest.json", b"{not json").end();
         assert!(matches!(check(&scan(&garbage)).unwrap_err(), LayoutError::BadManifest(_)));
+        let huge = vec![b' '; TOP_FILE_MAX as usize + 1];
+        let oversized = TarBuilder::default().file("manifest.json", &huge).end();
+        let err = check(&scan(&oversized)).unwrap_err();
+        assert_eq!(err, LayoutError::TooLarge { path: "manifest.json", size: TOP_FILE_MAX + 1 });
+        assert!(err.to_string().starts_with("manifest.json has 1048577 bytes"), "{err}");
     }
 }

@@ -2,19 +2,27 @@
 //! structure (header checksums, sizes, the end-of-archive marker) and lists the entries without
 //! keeping their content, except for the few small files a caller asks to capture.
 //!
-//! Memory is bounded by the number of entries and the capture limits, never by the archive size.
+//! Memory is bounded by fixed limits that no image archive comes near (entry count, path length,
+//! total path bytes kept, metadata record size, captured bytes), never by the archive's size or
+//! content: an archive over a limit is refused as damaged.
 //! It understands ustar, GNU long names (`L`/`K`) and PAX extended headers (`x`, `g`), which covers
 //! what Go's `archive/tar` (and so every Docker daemon) writes.
 
 use std::collections::HashMap;
 
 const BLOCK: usize = 512;
-/// Largest PAX or GNU long-name record accepted.
-const META_MAX: u64 = 1 << 20;
+/// Largest PAX extended header or GNU long-name record accepted (Docker writes a few hundred
+/// bytes at most).
+pub const META_MAX: u64 = 64 << 10;
+/// Longest entry path or link target accepted (Linux's `PATH_MAX`).
+pub const PATH_MAX: usize = 4096;
+/// Most bytes of entry paths and link targets kept for the whole archive.
+pub const PATH_BYTES_MAX: usize = 4 << 20;
 /// Most bytes of file content captured in total.
 const CAPTURE_TOTAL_MAX: usize = 16 << 20;
-/// Most entries listed; beyond that the archive is refused.
-const ENTRIES_MAX: usize = 1 << 20;
+/// Most entries listed; beyond that the archive is refused. An image has at most a few hundred
+/// layers (127 on overlayfs) and a `docker save` of one image a handful of entries per layer.
+pub const ENTRIES_MAX: usize = 20_000;
 /// Most links followed when resolving a path.
 const LINK_HOPS_MAX: usize = 16;
 
@@ -60,6 +68,10 @@ pub enum TarProblem {
     DataAfterEnd,
     #[error("more than {ENTRIES_MAX} entries")]
     TooManyEntries,
+    #[error("an entry path or link target of {0} bytes (longer than {PATH_MAX})")]
+    PathTooLong(usize),
+    #[error("more than {PATH_BYTES_MAX} bytes of entry paths")]
+    TooManyPathBytes,
     #[error("archive ends early: {0}")]
     Truncated(&'static str),
 }
@@ -163,6 +175,7 @@ pub struct TarScanner {
     pending: Pending,
     capture: CaptureFilter,
     captured_total: usize,
+    path_bytes: usize,
     listing: TarListing,
 }
 
@@ -180,6 +193,7 @@ impl TarScanner {
             pending: Pending::default(),
             capture,
             captured_total: 0,
+            path_bytes: 0,
             listing: TarListing::default(),
         }
     }
@@ -388,6 +402,18 @@ impl TarScanner {
         };
         if self.listing.entries.len() >= ENTRIES_MAX && !self.listing.entries.contains_key(&path) {
             return Err(self.fail(TarProblem::TooManyEntries));
+        }
+        let kept = path.len()
+            + match &entry {
+                EntryKind::Symlink { target } | EntryKind::Hardlink { target } => target.len(),
+                _ => 0,
+            };
+        if let Some(long) = [path.len(), kept - path.len()].into_iter().find(|&n| n > PATH_MAX) {
+            return Err(self.fail(TarProblem::PathTooLong(long)));
+        }
+        self.path_bytes += kept;
+        if self.path_bytes > PATH_BYTES_MAX {
+            return Err(self.fail(TarProblem::TooManyPathBytes));
         }
         self.listing.captured.remove(&path);
         self.listing.entries.insert(path.clone(), entry);
@@ -726,6 +752,59 @@ pub(crate) mod tests {
         assert_eq!(listing.entry(&long), Some(&EntryKind::File { size: 5 }));
         assert_eq!(listing.entry("truncated-name"), None);
         assert_eq!(listing.captured(&gnu_name), Some(&b"{}"[..]));
+    }
+
+    /// A PAX record `path=<path>` with its length prefix.
+    pub(crate) fn pax_path(path: &str) -> String {
+        let record = format!("path={path}\n");
+        let mut len = record.len() + 2;
+        while format!("{len} {record}").len() != len {
+            len += 1;
+        }
+        format!("{len} {record}")
+    }
+
+    #[test]
+    fn bounds_refuse_hostile_archives() {
+        let oversized_meta = {
+            let mut b = TarBuilder::default();
+            b.header("PaxHeaders/x", b'x', META_MAX + 1, "");
+            b.end()
+        };
+        assert_eq!(
+            scan_in_chunks(&oversized_meta, 4096).unwrap_err().problem,
+            TarProblem::MetaTooLarge(META_MAX + 1)
+        );
+        let long_path = {
+            let pax = pax_path(&"p".repeat(PATH_MAX + 1));
+            let mut b = TarBuilder::default();
+            b.header("PaxHeaders/x", b'x', pax.len() as u64, "").content(pax.as_bytes()).file("x", b"");
+            b.end()
+        };
+        assert_eq!(
+            scan_in_chunks(&long_path, 4096).unwrap_err().problem,
+            TarProblem::PathTooLong(PATH_MAX + 1)
+        );
+        let many_path_bytes = {
+            let mut b = TarBuilder::default();
+            for i in 0..PATH_BYTES_MAX / PATH_MAX + 1 {
+                let pax = pax_path(&format!("{i:08}{}", "p".repeat(PATH_MAX - 8)));
+                b.header("PaxHeaders/x", b'x', pax.len() as u64, "").content(pax.as_bytes()).dir("d");
+            }
+            b.end()
+        };
+        assert_eq!(
+            scan_in_chunks(&many_path_bytes, 1 << 16).unwrap_err().problem,
+            TarProblem::TooManyPathBytes
+        );
+        let many_entries = {
+            let mut b = TarBuilder::default();
+            for i in 0..=ENTRIES_MAX {
+                b.dir(&format!("{i}"));
+            }
+            b.end()
+        };
+        assert_eq!(scan_in_chunks(&many_entries, 1 << 16).unwrap_err().problem, TarProblem::TooManyEntries);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::image::naming::archive_path;
 use crate::image::reference::Reference;
 use crate::platform::{self, Platform};
+use crate::store::names;
 
 /// One image to preload and where its archive goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,15 +80,43 @@ pub struct ImageList {
     pub images: Vec<ImageSpec>,
     /// `(origin, reference)` of entries dropped because an earlier one names the same image.
     pub duplicates: Vec<(String, String)>,
+    /// `(origin, reference, earlier reference)` of entries that name the same image as an earlier
+    /// one but a different archive (`nginx` and `docker.io/library/nginx:latest`): both archives
+    /// are written.
+    pub same_image: Vec<(String, String, String)>,
 }
 
-/// Reads the images file (one entry per line; `#` comments, blank lines and surrounding spaces
-/// ignored).
+/// Reads the images file (one entry per line; `#` comments, blank lines and surrounding
+/// spaces ignored).
+/// It must be a regular file of at most [`IMAGES_FILE_MAX`] bytes: a device or a FIFO is refused
+/// without being read or waited on.
 pub fn read_file(path: &Path) -> Result<Vec<(Origin, String)>, ImageListError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ImageListError::Unreadable { path: path.to_owned(), message: e.to_string() })?;
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let unreadable = |message: String| ImageListError::Unreadable { path: path.to_owned(), message };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| unreadable(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| unreadable(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(unreadable("not a regular file".into()));
+    }
+    if meta.len() > IMAGES_FILE_MAX {
+        return Err(unreadable(format!("{} bytes, more than the {IMAGES_FILE_MAX} allowed", meta.len())));
+    }
+    let mut bytes = Vec::new();
+    file.take(IMAGES_FILE_MAX + 1).read_to_end(&mut bytes).map_err(|e| unreadable(e.to_string()))?;
+    if bytes.len() as u64 > IMAGES_FILE_MAX {
+        return Err(unreadable(format!("more than the {IMAGES_FILE_MAX} bytes allowed")));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| unreadable("not UTF-8 text".into()))?;
     Ok(parse_lines(path, &text))
 }
+
+/// Largest images file read (a list of ten thousand long references is under 1 MiB).
+pub const IMAGES_FILE_MAX: u64 = 1 << 20;
 
 /// The entries of an images file's text.
 pub fn parse_lines(path: &Path, text: &str) -> Vec<(Origin, String)> {
@@ -115,7 +144,17 @@ pub fn parse_all(entries: Vec<(Origin, String)>) -> Result<Vec<(Origin, String, 
         match Reference::parse(entry.reference) {
             Ok(reference) => {
                 let spec = ImageSpec::for_platform(reference, entry.platform);
-                parsed.push((origin, text, spec))
+                let longest = names::longest_name(&spec.archive);
+                if longest > names::NAME_MAX {
+                    problems.push(format!(
+                        "{origin}: {text:?} is too long for an archive name: {} needs file names of \
+                         {longest} bytes, the limit is {}",
+                        spec.archive.display(),
+                        names::NAME_MAX
+                    ));
+                } else {
+                    parsed.push((origin, text, spec));
+                }
             }
             Err(e) => problems.push(format!("{origin}: {e}")),
         }
@@ -130,6 +169,7 @@ pub fn validate(entries: Vec<(Origin, String)>) -> Result<ImageList, ImageListEr
     let mut problems = Vec::new();
     let mut list = ImageList::default();
     let mut by_archive: HashMap<PathBuf, (Origin, Reference)> = HashMap::new();
+    let mut by_image: HashMap<String, Reference> = HashMap::new();
     for (origin, text, spec) in parsed {
         match by_archive.get(&spec.archive) {
             // The same archive name and the same image: the platform (part of the name) is too.
@@ -142,6 +182,11 @@ pub fn validate(entries: Vec<(Origin, String)>) -> Result<ImageList, ImageListEr
                 spec.archive.display()
             )),
             None => {
+                let canonical = spec.reference.canonical();
+                match by_image.get(&canonical) {
+                    Some(first) => list.same_image.push((origin.to_string(), text, first.to_string())),
+                    None => drop(by_image.insert(canonical, spec.reference.clone())),
+                }
                 by_archive.insert(spec.archive.clone(), (origin, spec.reference.clone()));
                 list.images.push(spec);
             }
@@ -208,6 +253,39 @@ mod tests {
         let names: Vec<_> = list.images.iter().map(|i| i.reference.to_string()).collect();
         assert_eq!(names, ["nginx", "alpine:3"]);
         assert_eq!(list.duplicates, [("argument 2".to_owned(), "nginx:latest".to_owned())]);
+        assert!(list.same_image.is_empty());
+    }
+
+    #[test]
+    fn same_image_under_two_archives_is_kept_and_noted() {
+        let list = load(&args(&["nginx", "docker.io/library/nginx:latest"]), None).unwrap();
+        let archives: Vec<_> = list.images.iter().map(|i| i.archive.display().to_string()).collect();
+        assert_eq!(archives, ["nginx_latest.tar", "library/nginx_latest.tar"]);
+        let note = ("argument 2".to_owned(), "docker.io/library/nginx:latest".to_owned(), "nginx".to_owned());
+        assert_eq!(list.same_image, [note]);
+    }
+
+    #[test]
+    fn references_too_long_for_a_file_name_are_refused() {
+        let fits = format!("{}:1", "a".repeat(212)); // a…a_1.tar: 218 bytes, + 37 = 255
+        let too_long = format!("{}:1", "a".repeat(213));
+        assert!(load(&args(&[&fits]), None).is_ok());
+        let err = load(&args(&[&fits, &too_long]), None).unwrap_err();
+        assert!(err.to_string().starts_with("argument 2: "), "{err}");
+        assert!(err.to_string().contains("too long for an archive name"), "{err}");
+    }
+
+    #[test]
+    fn images_file_must_be_a_small_regular_file() {
+        for special in ["/dev/zero", "/dev/null"] {
+            let err = load(&[], Some(Path::new(special))).unwrap_err();
+            assert!(err.to_string().contains("not a regular file"), "{err}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.txt");
+        std::fs::File::create(&big).unwrap().set_len(IMAGES_FILE_MAX + 1).unwrap();
+        let err = load(&[], Some(&big)).unwrap_err();
+        assert!(err.to_string().contains("more than the"), "{err}");
     }
 
     #[test]

@@ -18,6 +18,9 @@ use crate::format::layout::Layout;
 use crate::store::names::{self, FILE_MODE, TEMP_SUFFIX, record_path};
 /// The record format version this build writes.
 pub const FORMAT: u32 = 1;
+/// Largest record read: a real one is about 1 KiB. A larger file is not read (constant memory)
+/// and counts as an invalid record.
+pub const RECORD_MAX: u64 = 64 << 10;
 
 /// The record of one archive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +72,30 @@ pub enum RecordError {
     Write { path: PathBuf, source: io::Error },
 }
 
+/// Reads a record file of at most [`RECORD_MAX`] bytes: `Ok(None)` if it is larger. Something
+/// other than a regular file (a FIFO, a device) is an `InvalidInput` error, never waited on.
+fn read_bounded(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                io::Error::new(io::ErrorKind::InvalidInput, "it is a symbolic link (not followed)")
+            } else {
+                e
+            }
+        })?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut text = Vec::new();
+    file.take(RECORD_MAX + 1).read_to_end(&mut text)?;
+    Ok((text.len() as u64 <= RECORD_MAX).then_some(text))
+}
+
 /// An RFC 3339 timestamp (UTC, seconds).
 pub fn timestamp(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
@@ -83,9 +110,18 @@ impl Record {
     /// Reads the record of the archive at `archive`; `Ok(None)` if there is none.
     pub fn read(archive: &Path) -> Result<Option<Record>, RecordError> {
         let path = record_path(archive);
-        let text = match fs::read(&path) {
-            Ok(text) => text,
+        let text = match read_bounded(&path) {
+            Ok(Some(text)) => text,
+            Ok(None) => {
+                return Err(RecordError::Invalid {
+                    path,
+                    message: format!("larger than {RECORD_MAX} bytes (not read)"),
+                });
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                return Err(RecordError::Invalid { path, message: e.to_string() });
+            }
             Err(source) => return Err(RecordError::Read { path, source }),
         };
         let record: Record = serde_json::from_slice(&text)
@@ -110,6 +146,7 @@ impl Record {
         let mut temp = tempfile::Builder::new()
             .prefix(&names::temp_prefix(&path))
             .suffix(TEMP_SUFFIX)
+            .rand_bytes(names::TEMP_RANDOM)
             .tempfile_in(dir)
             .map_err(write_err)?;
         // Locked like archive temporaries, so a concurrent start's cleanup leaves it alone.
@@ -188,5 +225,25 @@ mod tests {
         future.write(&archive).unwrap();
         let err = Record::read(&archive).unwrap_err();
         assert!(err.to_string().contains("newer than this build"), "{err}");
+    }
+
+    #[test]
+    fn oversized_and_special_records_are_invalid_without_being_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("app_1.tar");
+        let file = File::create(record_path(&archive)).unwrap();
+        file.set_len(1 << 30).unwrap(); // sparse: 1 GiB of zeros
+        let err = Record::read(&archive).unwrap_err();
+        assert!(
+            matches!(err, RecordError::Invalid { .. }) && err.to_string().contains("larger than"),
+            "{err}"
+        );
+        fs::remove_file(record_path(&archive)).unwrap();
+        let fifo =
+            std::ffi::CString::new(record_path(&archive).into_os_string().into_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let err = Record::read(&archive).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
     }
 }

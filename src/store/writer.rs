@@ -16,7 +16,7 @@ use crate::format::layout::{self, ArchiveContents};
 use crate::format::tar::TarScanner;
 use crate::store::check::hex;
 use crate::store::error::StoreError;
-use crate::store::names::{TEMP_SUFFIX, temp_prefix};
+use crate::store::names::{TEMP_RANDOM, TEMP_SUFFIX, temp_prefix};
 use crate::store::space::{self, MinFree};
 
 /// Write-back is started for every this many bytes written and waited for one step later, so the
@@ -78,6 +78,7 @@ impl ArchiveWriter {
         let temp = tempfile::Builder::new()
             .prefix(&temp_prefix(&path))
             .suffix(TEMP_SUFFIX)
+            .rand_bytes(TEMP_RANDOM)
             .tempfile_in(&dir)
             .map_err(|source| StoreError::CreateTemp { dir: dir.clone(), source })?;
         // Locked while written, so another start's clean-up leaves it alone.

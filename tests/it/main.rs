@@ -5,6 +5,7 @@ mod chart;
 mod cli;
 mod digest;
 mod docs;
+mod harden;
 mod image;
 mod interrupt;
 mod k8s;
