@@ -21,6 +21,7 @@ const SCENARIOS: &[&str] = &[
     "pools-only-values.yaml",
     "emptydir-size-values.yaml",
     "registry-auth-values.yaml",
+    "registry-mode-values.yaml",
 ];
 
 fn scenario(name: &str) -> String {
@@ -1046,4 +1047,115 @@ fn images_accept_a_reference_or_image_and_platform() {
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(" path 'nginx:1.27 platform=linux/arm64'"), "{text}");
+}
+
+/// The checks of the Pod Security Standards' `restricted` profile (Kubernetes 1.29) that a pod
+/// spec fails, as `field: why` lines. hostPath volumes are reported like any other violation.
+fn restricted_violations(spec: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for flag in ["hostNetwork", "hostPID", "hostIPC"] {
+        if spec[flag].as_bool() == Some(true) {
+            out.push(format!("{flag}: must not be true"));
+        }
+    }
+    let allowed = [
+        "configMap",
+        "csi",
+        "downwardAPI",
+        "emptyDir",
+        "ephemeral",
+        "persistentVolumeClaim",
+        "projected",
+        "secret",
+    ];
+    for volume in spec["volumes"].as_sequence().into_iter().flatten() {
+        let name = volume["name"].as_str().unwrap_or("?");
+        let kinds: Vec<&str> =
+            volume.as_mapping().unwrap().keys().filter_map(|k| k.as_str()).filter(|k| *k != "name").collect();
+        for kind in kinds {
+            if !allowed.contains(&kind) {
+                out.push(format!("volumes[{name}]: {kind} is not allowed"));
+            }
+        }
+    }
+    let pod_sc = &spec["securityContext"];
+    let containers = spec["initContainers"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .chain(spec["containers"].as_sequence().into_iter().flatten());
+    for c in containers {
+        let name = c["name"].as_str().unwrap_or("?");
+        let sc = &c["securityContext"];
+        if sc["privileged"].as_bool() == Some(true) {
+            out.push(format!("{name}: privileged"));
+        }
+        if sc["allowPrivilegeEscalation"].as_bool() != Some(false) {
+            out.push(format!("{name}: allowPrivilegeEscalation must be false"));
+        }
+        let list = |v: &Value| if v.is_null() { Vec::new() } else { strings(v) };
+        if !list(&sc["capabilities"]["drop"]).iter().any(|d| d == "ALL") {
+            out.push(format!("{name}: capabilities must drop ALL"));
+        }
+        if list(&sc["capabilities"]["add"]).iter().any(|a| a != "NET_BIND_SERVICE") {
+            out.push(format!("{name}: only NET_BIND_SERVICE may be added"));
+        }
+        let non_root = sc["runAsNonRoot"].as_bool().or(pod_sc["runAsNonRoot"].as_bool());
+        if non_root != Some(true) {
+            out.push(format!("{name}: runAsNonRoot must be true"));
+        }
+        if sc["runAsUser"].as_u64().or(pod_sc["runAsUser"].as_u64()) == Some(0) {
+            out.push(format!("{name}: runAsUser must not be 0"));
+        }
+        let seccomp = sc["seccompProfile"]["type"].as_str().or(pod_sc["seccompProfile"]["type"].as_str());
+        if !matches!(seccomp, Some("RuntimeDefault" | "Localhost")) {
+            out.push(format!("{name}: seccompProfile must be RuntimeDefault or Localhost"));
+        }
+        if c["ports"].as_sequence().into_iter().flatten().any(|p| !p["hostPort"].is_null()) {
+            out.push(format!("{name}: hostPort"));
+        }
+    }
+    out
+}
+
+#[test]
+fn registry_mode_renders_no_dind_and_a_restricted_pod_apart_from_the_host_path() {
+    let docs = render_scenario("registry-mode-values.yaml");
+    let ds = daemonset(&docs, "preload-image-preloader");
+    let spec = pod_spec(ds);
+    assert!(spec["initContainers"].is_null(), "no dind sidecar: {:?}", spec["initContainers"]);
+    assert_eq!(spec["containers"].as_sequence().unwrap().len(), 1);
+    let names: Vec<&str> =
+        spec["volumes"].as_sequence().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["config", "images", "registry-auth"], "no dind volumes");
+    assert_eq!(restricted_violations(spec), ["volumes[images]: hostPath is not allowed"]);
+
+    let args = preloader_args(ds);
+    assert_eq!(flag(&args, "--mode"), Some("registry"));
+    assert!(!args.iter().any(|a| a == "--docker-host"), "{args:?}");
+    let mirrors: Vec<&String> =
+        args.windows(2).filter(|w| w[0] == "--registry-mirror").map(|w| &w[1]).collect();
+    assert_eq!(mirrors, ["https://dockerhub-cache.example.com", "ghcr.io=https://ghcr-cache.example.com"]);
+    assert_eq!(flag(&args, "--insecure-registry"), Some("registry.internal:5000"));
+    let pre = container(spec, "preloader");
+    assert_eq!(pre["securityContext"]["runAsUser"].as_u64(), Some(65532));
+    assert!(pre["volumeMounts"].as_sequence().unwrap().iter().all(|m| m["name"] != "dind-sock"));
+    // Memory sized from measurement unless set; a pool's own resources win.
+    assert_eq!(pre["resources"], yaml("{requests: {cpu: 50m, memory: 32Mi}, limits: {memory: 128Mi}}"));
+    let pool = pod_spec(daemonset(&docs, "preload-image-preloader-arm"));
+    assert_eq!(container(pool, "preloader")["resources"], yaml("{requests: {cpu: 20m, memory: 48Mi}}"));
+    assert_eq!(restricted_violations(pool), ["volumes[images]: hostPath is not allowed"]);
+
+    // Daemon mode, for contrast: dind is privileged, the preloader runs as root.
+    let daemon = render_scenario("default-values.yaml");
+    let violations = restricted_violations(pod_spec(only(&daemon, "DaemonSet")));
+    assert!(violations.iter().any(|v| v == "dind: privileged"), "{violations:?}");
+
+    // runAsUser 0: root, no runAsNonRoot (a working pod, baseline rather than restricted).
+    let root = render(&["--set", "mode=registry,images={nginx},registry.runAsUser=0"]);
+    let sc = &container(pod_spec(only(&root, "DaemonSet")), "preloader")["securityContext"];
+    assert_eq!((sc["runAsUser"].as_u64(), sc["runAsNonRoot"].as_bool()), (Some(0), Some(false)));
+    // The schema refuses an unknown mode and a mirror that is not a URL.
+    assert!(helm_template(&["--set", "mode=dind,images={nginx}"]).is_err());
+    assert!(helm_template(&["--set", "mode=registry,images={nginx},registry.mirrors={ftp://x}"]).is_err());
 }

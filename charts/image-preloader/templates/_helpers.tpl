@@ -158,10 +158,23 @@ The preloader's arguments (the image's ENTRYPOINT is the binary): `image-preload
 {{- if .Values.removeAfterSave }}
 - --remove-after-save
 {{- end }}
+{{- if eq .Values.mode "registry" }}
+- --mode
+- "registry"
+{{- range .Values.registry.mirrors }}
+- --registry-mirror
+- {{ . | quote }}
+{{- end }}
+{{- range .Values.registry.insecureRegistries }}
+- --insecure-registry
+- {{ . | quote }}
+{{- end }}
+{{- else }}
 - --docker-host
 - {{ include "image-preloader.dockerHost" . | quote }}
 - --listen
 - {{ printf "0.0.0.0:%d" (int .Values.metrics.port) | quote }}
+{{- end }}
 {{- end }}
 
 {{/*
