@@ -423,7 +423,7 @@ fn the_documented_init_container_loads_the_node_archives_into_the_pods_daemon() 
     let logs = format!("stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
     out.assert_code(0);
     assert!(absent.is_local(), "the missing image was loaded: {logs}");
-    assert_eq!(docker(&["image", "inspect", "--format", "{{.Id}}", &absent.reference]), absent.id);
+    assert_eq!(docker(&["image", "inspect", "--format", "{{.Id}}", &absent.reference]), absent.local_id());
     assert_eq!(docker(&["run", "--rm", "--network", "none", &absent.reference]), absent.marker);
     assert!(
         out.stdout.lines().any(|l| l.starts_with("loaded") && l.contains(&format!("{label}-b_2.tar"))),

@@ -44,6 +44,8 @@ fn load(dir: &std::path::Path, args: &[&str]) -> crate::support::Finished {
     run(preloader(&all), TIMEOUT)
 }
 
+// Issue 12: on the containerd store `load` neither recognises a present image yet nor removes the
+// tag a refused archive leaves; these two join the others on both daemons once it does.
 #[test]
 fn load_all_restores_every_image_and_a_second_load_writes_nothing() {
     let warmed = warmed("load", 3);
@@ -55,7 +57,7 @@ fn load_all_restores_every_image_and_a_second_load_writes_nothing() {
         assert!(out.stdout.lines().any(|l| l.starts_with("loaded") && l.contains(name)), "{}", out.stdout);
         assert!(image.is_local(), "{} is back", image.reference);
         let id = docker(&["image", "inspect", "--format", "{{.Id}}", &image.reference]);
-        assert_eq!(id, image.id, "same image ID, same tag");
+        assert_eq!(id, image.local_id(), "same image ID, same tag");
         assert_eq!(docker(&["run", "--rm", "--network", "none", &image.reference]), image.marker);
     }
     assert!(out.stderr.contains("3 loaded"), "{}", out.stderr);
@@ -103,9 +105,9 @@ fn damaged_missing_and_unloadable_archives_are_reported_and_skipped_while_the_ot
     // after the daemon has received nearly everything.
     flip_middle_byte(&dir.join(&warmed.names[1]));
     // One byte changed in a layer of an archive without record: a complete tar that the daemon
-    // refuses (the layer no longer matches its digest). The byte is in the image's own marker
-    // layer: a layer the daemon already holds (the busybox one every test image shares) is never
-    // read on load, so changing it would go unnoticed.
+    // refuses (the layer no longer matches its digest). The byte is in the marker file, so in a
+    // layer of the image's own: a layer the daemon already holds is never read on load, so
+    // changing one would go unnoticed.
     let refused = dir.join(&warmed.names[2]);
     flip_byte_of(&refused, warmed.images[2].marker.as_bytes());
     std::fs::remove_file(record_of(&refused)).unwrap();
@@ -142,35 +144,99 @@ fn damaged_missing_and_unloadable_archives_are_reported_and_skipped_while_the_ot
     run(strict, TIMEOUT).assert_code(1);
 }
 
-#[test]
-fn an_archive_changed_after_its_record_is_never_tagged() {
-    let warmed = warmed("loadrewrite", 1);
-    let image = &warmed.images[0];
-    let path = warmed.dir.path().join(&warmed.names[0]);
-    // Rewrite the tag in manifest.json in place (same length): still a complete, valid tar whose
-    // images the daemon would load under another name; only the record tells.
-    let mut bytes = std::fs::read(&path).unwrap();
-    let tag = format!("\"{}\"", image.reference).into_bytes();
-    let at = bytes.windows(tag.len()).rposition(|w| w == tag.as_slice()).expect("the tag in manifest.json");
-    let renamed = format!("{}:9", image.repository);
-    assert_eq!(renamed.len(), image.reference.len());
-    bytes[at + 1..at + tag.len() - 1].copy_from_slice(renamed.as_bytes());
-    std::fs::write(&path, bytes).unwrap();
+on_both_daemons! {
+    fn an_archive_changed_after_its_record_is_never_tagged() {
+        let warmed = warmed("loadrewrite", 1);
+        let image = &warmed.images[0];
+        let path = warmed.dir.path().join(&warmed.names[0]);
+        // Rewrite the tag in manifest.json in place (same length): still a complete, valid tar whose
+        // images the daemon would load under another name; only the record tells.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let tag = format!("\"{}\"", image.reference).into_bytes();
+        let at = bytes.windows(tag.len()).rposition(|w| w == tag.as_slice()).expect("the tag in manifest.json");
+        let renamed = format!("{}:9", image.repository);
+        assert_eq!(renamed.len(), image.reference.len());
+        bytes[at + 1..at + tag.len() - 1].copy_from_slice(renamed.as_bytes());
+        std::fs::write(&path, bytes).unwrap();
 
-    let out = load(warmed.dir.path(), &[&warmed.names[0]]);
-    out.assert_code(0);
-    let line = line_of(&out, &warmed.names[0]);
-    assert!(line.starts_with("damaged") && line.contains("sha256"), "{}", out.stdout);
-    assert!(out.stderr.contains("the upload was aborted"), "{}", out.stderr);
-    assert!(!image.is_local(), "the daemon kept nothing of the changed archive");
-    let renamed_there = std::process::Command::new("docker")
-        .args(["image", "inspect", &renamed])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap()
-        .success();
-    assert!(!renamed_there, "the rewritten tag was not applied");
+        let out = load(warmed.dir.path(), &[&warmed.names[0]]);
+        out.assert_code(0);
+        let line = line_of(&out, &warmed.names[0]);
+        assert!(line.starts_with("damaged") && line.contains("sha256"), "{}", out.stdout);
+        assert!(out.stderr.contains("the upload was aborted"), "{}", out.stderr);
+        assert!(!image.is_local(), "the daemon kept nothing of the changed archive");
+        let renamed_there = crate::support::daemon()
+            .cli()
+            .args(["image", "inspect", &renamed])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(!renamed_there, "the rewritten tag was not applied");
+    }
+
+    fn a_deadline_skips_a_slow_archive_and_ends_the_wait_on_time() {
+        let warmed = warmed("loaddeadline", 2);
+        let dir = warmed.dir.path();
+        // The first archive arrives at 160 KiB/s from a FIFO: it would take several seconds.
+        let slow = dir.join(&warmed.names[0]);
+        let data = std::fs::read(&slow).unwrap();
+        std::fs::remove_file(&slow).unwrap();
+        std::fs::remove_file(record_of(&slow)).unwrap();
+        assert!(data.len() > 1 << 20, "the test image is large enough to be slow: {} bytes", data.len());
+        let feeder = SlowFeeder::start(&slow, data.clone(), 16 << 10, Duration::from_millis(100));
+
+        let deadline = Duration::from_secs(3);
+        let out = load(dir, &["--deadline", "3s", &warmed.names[0], &warmed.names[1]]);
+        drop(feeder);
+        out.assert_code(0);
+        assert!(
+            out.elapsed < deadline + Duration::from_secs(10),
+            "the wait ended near the deadline: {:?}",
+            out.elapsed
+        );
+        let line = line_of(&out, &warmed.names[0]);
+        assert!(line.starts_with("skipped") && line.contains("deadline (3s)"), "{}", out.stdout);
+        assert!(out.stderr.contains("skipped: not loaded within the deadline"), "{}", out.stderr);
+        assert!(line_of(&out, &warmed.names[1]).starts_with("loaded"), "{}", out.stdout);
+        assert!(!warmed.images[0].is_local(), "nothing of the cut upload stays in the daemon");
+        assert!(warmed.images[1].is_local());
+        assert!(out.stderr.contains("1 skipped at the deadline"), "{}", out.stderr);
+
+        // With --strict (its variable here), a cut archive is an error; IMAGE_PRELOADER_DEADLINE works.
+        std::fs::remove_file(&slow).unwrap();
+        let feeder = SlowFeeder::start(&slow, data, 16 << 10, Duration::from_millis(100));
+        let mut strict = preloader(&["load", "--dir", dir.to_str().unwrap(), &warmed.names[0]]);
+        strict.env("IMAGE_PRELOADER_STRICT", "true").env("IMAGE_PRELOADER_DEADLINE", "1s");
+        let out = run(strict, TIMEOUT);
+        drop(feeder);
+        out.assert_code(1);
+        assert!(line_of(&out, &warmed.names[0]).starts_with("skipped"), "{}", out.stdout);
+    }
+
+    fn images_are_chosen_by_reference_with_the_daemonsets_list() {
+        let warmed = warmed("loadref", 3);
+        let dir = warmed.dir.path();
+        let list = dir.join("images.txt");
+        std::fs::write(&list, format!("# the DaemonSet's list\n{}\n", warmed.images[0].reference)).unwrap();
+        let out = load(dir, &["--images-file", list.to_str().unwrap(), "--image", &warmed.images[1].reference]);
+        out.assert_code(0);
+        assert!(warmed.images[0].is_local() && warmed.images[1].is_local());
+        assert!(!warmed.images[2].is_local(), "only the listed images are loaded");
+        assert_eq!(out.stdout.lines().count(), 2, "{}", out.stdout);
+    }
+
+    fn idle_keeps_running_after_loading_until_sigterm() {
+        let warmed = warmed("loadidle", 1);
+        let mut running =
+            Running::spawn(preloader(&["load", "--idle", "--all", "--dir", warmed.dir.path().to_str().unwrap()]));
+        running.wait_for_line("idling until SIGTERM", TIMEOUT);
+        assert!(warmed.images[0].is_local());
+        assert!(!running.has_exited());
+        running.signal(libc::SIGTERM);
+        assert_eq!(running.wait_for_exit(Duration::from_secs(5)).code(), Some(0));
+    }
 }
 
 /// Feeds `data` into a FIFO slowly, as a stalled disk or network file system would deliver an
@@ -224,71 +290,6 @@ impl Drop for SlowFeeder {
             let _ = thread.join();
         }
     }
-}
-
-#[test]
-fn a_deadline_skips_a_slow_archive_and_ends_the_wait_on_time() {
-    let warmed = warmed("loaddeadline", 2);
-    let dir = warmed.dir.path();
-    // The first archive arrives at 160 KiB/s from a FIFO: it would take several seconds.
-    let slow = dir.join(&warmed.names[0]);
-    let data = std::fs::read(&slow).unwrap();
-    std::fs::remove_file(&slow).unwrap();
-    std::fs::remove_file(record_of(&slow)).unwrap();
-    assert!(data.len() > 1 << 20, "the test image is large enough to be slow: {} bytes", data.len());
-    let feeder = SlowFeeder::start(&slow, data.clone(), 16 << 10, Duration::from_millis(100));
-
-    let deadline = Duration::from_secs(3);
-    let out = load(dir, &["--deadline", "3s", &warmed.names[0], &warmed.names[1]]);
-    drop(feeder);
-    out.assert_code(0);
-    assert!(
-        out.elapsed < deadline + Duration::from_secs(10),
-        "the wait ended near the deadline: {:?}",
-        out.elapsed
-    );
-    let line = line_of(&out, &warmed.names[0]);
-    assert!(line.starts_with("skipped") && line.contains("deadline (3s)"), "{}", out.stdout);
-    assert!(out.stderr.contains("skipped: not loaded within the deadline"), "{}", out.stderr);
-    assert!(line_of(&out, &warmed.names[1]).starts_with("loaded"), "{}", out.stdout);
-    assert!(!warmed.images[0].is_local(), "nothing of the cut upload stays in the daemon");
-    assert!(warmed.images[1].is_local());
-    assert!(out.stderr.contains("1 skipped at the deadline"), "{}", out.stderr);
-
-    // With --strict (its variable here), a cut archive is an error; IMAGE_PRELOADER_DEADLINE works.
-    std::fs::remove_file(&slow).unwrap();
-    let feeder = SlowFeeder::start(&slow, data, 16 << 10, Duration::from_millis(100));
-    let mut strict = preloader(&["load", "--dir", dir.to_str().unwrap(), &warmed.names[0]]);
-    strict.env("IMAGE_PRELOADER_STRICT", "true").env("IMAGE_PRELOADER_DEADLINE", "1s");
-    let out = run(strict, TIMEOUT);
-    drop(feeder);
-    out.assert_code(1);
-    assert!(line_of(&out, &warmed.names[0]).starts_with("skipped"), "{}", out.stdout);
-}
-
-#[test]
-fn images_are_chosen_by_reference_with_the_daemonsets_list() {
-    let warmed = warmed("loadref", 3);
-    let dir = warmed.dir.path();
-    let list = dir.join("images.txt");
-    std::fs::write(&list, format!("# the DaemonSet's list\n{}\n", warmed.images[0].reference)).unwrap();
-    let out = load(dir, &["--images-file", list.to_str().unwrap(), "--image", &warmed.images[1].reference]);
-    out.assert_code(0);
-    assert!(warmed.images[0].is_local() && warmed.images[1].is_local());
-    assert!(!warmed.images[2].is_local(), "only the listed images are loaded");
-    assert_eq!(out.stdout.lines().count(), 2, "{}", out.stdout);
-}
-
-#[test]
-fn idle_keeps_running_after_loading_until_sigterm() {
-    let warmed = warmed("loadidle", 1);
-    let mut running =
-        Running::spawn(preloader(&["load", "--idle", "--all", "--dir", warmed.dir.path().to_str().unwrap()]));
-    running.wait_for_line("idling until SIGTERM", TIMEOUT);
-    assert!(warmed.images[0].is_local());
-    assert!(!running.has_exited());
-    running.signal(libc::SIGTERM);
-    assert_eq!(running.wait_for_exit(Duration::from_secs(5)).code(), Some(0));
 }
 
 #[test]
