@@ -11,6 +11,7 @@ mod cli;
 mod digest;
 mod docs;
 mod harden;
+mod heal;
 mod image;
 mod interrupt;
 mod k8s;
