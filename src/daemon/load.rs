@@ -173,6 +173,7 @@ async fn load_one(
     };
 
     // Skip what the daemon has: the images are known from the headers, without reading layers.
+    let mut walked_tags = None;
     let opened = if opened.regular {
         let (opened, walked) = blocking(move || {
             let walked = opened.walk();
@@ -186,14 +187,24 @@ async fn load_one(
             return LoadOutcome::Failed(why);
         }
         match walked {
-            Ok(contents) => match daemon.has_images(&contents).await {
-                Ok(true) => {
-                    info!("already present in the daemon");
-                    return LoadOutcome::Present;
+            Ok(contents) => {
+                // The registry digest the archive was built from is the ID of the pulled image on
+                // the containerd image store.
+                let also: Vec<String> =
+                    opened.record.as_ref().and_then(|r| r.repo_digest.clone()).into_iter().collect();
+                match daemon.has_images(&contents, &also).await {
+                    Ok(true) => {
+                        info!("already present in the daemon");
+                        return LoadOutcome::Present;
+                    }
+                    Ok(false) => {}
+                    Err(e) => warn!("cannot tell whether the daemon has it, loading: {e}"),
                 }
-                Ok(false) => {}
-                Err(e) => warn!("cannot tell whether the daemon has it, loading: {e}"),
-            },
+                match daemon.tag_ids(&contents).await {
+                    Ok(tags) => walked_tags = Some((contents, tags)),
+                    Err(e) => warn!("{e}"),
+                }
+            }
             Err(problem) => return report(problem),
         }
         opened
@@ -230,6 +241,15 @@ async fn load_one(
         }
         (_, Err(e)) => {
             error!("{e}");
+            if let Some((contents, before)) = &walked_tags {
+                match daemon.untag_refused(contents, before).await {
+                    Ok(done) if !done.is_empty() => {
+                        warn!("the daemon tagged the image it could not load; {}", done.join(", "))
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!("the daemon may have tagged the image it could not load: {e}"),
+                }
+            }
             LoadOutcome::Failed(e.to_string())
         }
         (Verdict::Abandoned, Ok(_)) => {

@@ -9,7 +9,8 @@ use bytes::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use tracing::warn;
 
-use super::{ErrorKind, ImageFacts, ImageSource, Operation, PullOutcome, Pulled, SourceError};
+use super::{ErrorKind, ImageFacts, ImageSource, Operation, PullOutcome, Pulled, Repaired, SourceError};
+use crate::format::layout::Lacking;
 use crate::registry::client;
 
 use crate::format::builder::{ArchivePlan, ArchiveSpec, BlobRef, Part};
@@ -220,5 +221,18 @@ impl ImageSource for RegistrySource {
     async fn remove(&self, image: &Reference) -> Result<(), SourceError> {
         self.planned.lock().expect("plan cache").remove(&image.to_string());
         Ok(())
+    }
+
+    /// Nothing to repair: the archive is planned from the registry's manifest and every blob is
+    /// streamed from the registry; the next pull plans it afresh.
+    async fn repair(
+        &self,
+        image: &Reference,
+        platform: Option<&Platform>,
+        auth: &Lookup,
+        _lacking: Lacking,
+    ) -> Result<Repaired, SourceError> {
+        self.pull(image, platform, auth).await?;
+        Ok(Repaired { removed: Vec::new(), layer: None })
     }
 }

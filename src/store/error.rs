@@ -3,7 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::format::layout::LayoutError;
+use crate::format::layout::{Lacking, LayoutError};
 use crate::format::tar::TarError;
 use crate::store::lock::LockError;
 use crate::store::record::RecordError;
@@ -60,6 +60,15 @@ pub enum StoreErrorKind {
 }
 
 impl StoreError {
+    /// For an export that lacks content it references (rather than a malformed one), which layer
+    /// first; see [`LayoutError::lacking`].
+    pub fn lacking(&self) -> Option<Lacking> {
+        match self {
+            StoreError::Layout { source, .. } => source.lacking(),
+            _ => None,
+        }
+    }
+
     /// The kind of problem.
     pub fn kind(&self) -> StoreErrorKind {
         let io_kind = |e: &io::Error| {

@@ -892,9 +892,7 @@ fn the_rendered_command_line_and_list_make_the_promised_archives() {
     assert_eq!(volume(pod_spec(ds), "images")["hostPath"]["path"].as_str(), Some(host_path.as_str()));
     replace_flag(&mut args, "--images-file", list.to_str().unwrap());
     replace_flag(&mut args, "--dir", dir.to_str().unwrap());
-    let docker_host =
-        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
-    replace_flag(&mut args, "--docker-host", &docker_host);
+    replace_flag(&mut args, "--docker-host", &support::daemon().host());
     // The node's disk is not this machine's: the test floor, not 10% of whatever this disk holds.
     replace_flag(&mut args, "--min-free", support::TEST_MIN_FREE);
     // The pod's port is its own; here any free one.
