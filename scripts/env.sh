@@ -16,6 +16,10 @@ AUTH_REGISTRY_STATE=/var/tmp/image-preloader-test/auth-registry
 step() { printf '\n==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+# The services below are started with `setsid`, in a session of their own: other checkouts' runs
+# reuse them, so stopping the run that started them (a signal to its process group, ^C) must not
+# stop them too.
+
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
     die "need root to run: $*"
@@ -46,7 +50,7 @@ ensure_dockerd() {
   if docker info >/dev/null 2>&1; then return; fi
   [ -z "${DOCKER_HOST:-}" ] || die "no Docker daemon answers at DOCKER_HOST=$DOCKER_HOST"
   step "starting dockerd (log: $STATE/dockerd.log)"
-  as_root sh -c "nohup dockerd --host unix:///var/run/docker.sock >'$STATE/dockerd.log' 2>&1 &"
+  as_root sh -c "setsid nohup dockerd --host unix:///var/run/docker.sock >'$STATE/dockerd.log' 2>&1 </dev/null &"
   for _ in $(seq 1 120); do
     if docker info >/dev/null 2>&1; then return; fi
     sleep 0.5
@@ -161,7 +165,7 @@ storage:
 http:
   addr: $addr
 EOF
-  nohup docker-registry serve "$STATE/registry.yml" >"$STATE/registry.log" 2>&1 &
+  setsid nohup docker-registry serve "$STATE/registry.yml" >"$STATE/registry.log" 2>&1 </dev/null &
   for _ in $(seq 1 60); do
     if curl -fsS "http://$addr/v2/" >/dev/null 2>&1; then return; fi
     sleep 0.5
@@ -202,7 +206,7 @@ auth:
 http:
   addr: $addr
 YAML
-  nohup docker-registry serve "$state/registry.yml" >"$state/registry.log" 2>&1 &
+  setsid nohup docker-registry serve "$state/registry.yml" >"$state/registry.log" 2>&1 </dev/null &
   for _ in $(seq 1 60); do
     if [ "$(auth_registry_status)" = 401 ]; then return; fi
     sleep 0.5
