@@ -23,4 +23,5 @@ mod registries;
 mod registry;
 mod sidecar;
 mod storage;
+mod symlink;
 mod warm;
