@@ -1,7 +1,7 @@
 //! Walking the archive directory: the archives, the records, and the leftovers of killed runs.
 //! A path that cannot be read is reported with its reason and the walk goes on (blocking I/O).
-//! Links are never followed: a link named like an archive, or where a `<user>/` directory would
-//! be, is reported and left alone.
+//! Links are never followed (nor walked into): a link named like an archive is reported and left
+//! alone.
 
 use std::fs::TryLockError;
 use std::path::{Path, PathBuf};
@@ -71,7 +71,7 @@ pub fn archives(root: &Path) -> Walk<PathBuf> {
         let name = entry.file_name().to_string_lossy();
         if entry.file_type().is_file() && is_archive(&name) {
             walk.found.push(relative(root, entry.path()));
-        } else if entry.file_type().is_symlink() && (is_archive(&name) || entry.depth() == 1) {
+        } else if entry.file_type().is_symlink() && is_archive(&name) {
             walk.unreadable.push((entry.path().to_owned(), LINK.to_owned()));
         }
     }
