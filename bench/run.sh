@@ -3,6 +3,7 @@
 # See bench/README.md. Usage: bench/run.sh [--quick] [--rounds N] [--only W1,W2,W3]
 #                                         [--contenders seed,warm,warm-rebuild,registry,skopeo]
 #                                         [--daemons classic,containerd] [--load-rounds N] [--help]
+#                             bench/run.sh --load [--quick] [--rounds N] [--only W1,W2] [--daemons LIST]
 set -euo pipefail
 
 # ---------------------------------------------------------------------------------------------------
@@ -35,6 +36,26 @@ _seed() {
 
 # The daemonless reference: skopeo copy to docker-archive:, into a temporary name then renamed
 # (as `docker save -o` and image-preloader publish), same age rule.
+# The runner side as a third-party fork of gha-runner-scale-set does it (`preloadImages`): wait for
+# `docker info`, then `docker load -i` each listed archive in turn, skipping missing files, under
+# `set -e`.
+_loop() {
+  local dir=$1 list=$2 ref rel timeout=120
+  set -e
+  while ! docker info >/dev/null 2>&1; do
+    [ "$timeout" -le 0 ] && { echo "Docker daemon failed to start within timeout"; exit 1; }
+    timeout=$((timeout - 5))
+    sleep 5
+  done
+  while read -r ref rel; do
+    if [ -f "$dir/$rel" ]; then
+      docker load -i "$dir/$rel"
+    else
+      echo "Warning: File $dir/$rel not found, skipping..."
+    fi
+  done <"$list"
+}
+
 _skopeo() {
   local dir=$1 list=$2 max_age=$3 ref rel policy=()
   [ -f /etc/containers/policy.json ] || policy=(--insecure-policy)
@@ -53,16 +74,23 @@ _skopeo() {
 case "${1:-}" in
   __seed) shift; _seed "$@"; exit ;;
   __skopeo) shift; _skopeo "$@"; exit ;;
+  __loop) shift; _loop "$@"; exit ;;
 esac
 
 # ---------------------------------------------------------------------------------------------------
 usage() {
   cat <<'EOF'
 Usage: bench/run.sh [OPTIONS]
+       bench/run.sh --load [--quick] [--rounds N] [--only W1,W2] [--daemons LIST]
 
 Runs image-preloader against the seed chart's `docker pull` + `docker save -o` sequence and against
 `skopeo copy … docker-archive:`, alternately, on the local dockerds and registry (127.0.0.1:5000),
 and prints a Markdown table of medians (results also in bench/results/).
+
+With --load it measures the runner side instead: `image-preloader load` against the sequential
+`docker load -i` loop of a gha-runner-scale-set fork (`preloadImages`), loading the archives of W1
+and W2 into a daemon that does not have the images (removed before every round), on each daemon of
+--daemons.
 
 Options:
   --quick               small workloads (W1 4x32 MiB, W2 8 images of 16 MiB), 2 rounds
@@ -78,6 +106,7 @@ Options:
                         daemon and run once
   --load-rounds N       rounds of the load comparison (default 3; 0 skips it): `docker load -i`
                         of W1's and W2's daemon-mode and registry-mode archives, alternately
+  --load                the runner side: contenders loop,load on W1 and W2
   --help                this text
 
 Workloads:
@@ -90,10 +119,11 @@ EOF
 
 QUICK=0
 ROUNDS=
-ONLY=W1,W2,W3
-CONTENDERS=seed,warm,warm-rebuild,registry,skopeo
+ONLY=
+CONTENDERS=
 DAEMONS=classic,containerd
-LOAD_ROUNDS=3
+LOAD_ROUNDS=
+LOAD=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -107,11 +137,19 @@ while [ $# -gt 0 ]; do
     --daemons=*) DAEMONS=${1#*=} ;;
     --load-rounds) LOAD_ROUNDS=${2:?--load-rounds needs a number}; shift ;;
     --load-rounds=*) LOAD_ROUNDS=${1#*=} ;;
+    --load) LOAD=1 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
+if [ "$LOAD" = 1 ]; then
+  ONLY=${ONLY:-W1,W2} CONTENDERS=${CONTENDERS:-loop,load} LOAD_ROUNDS=0
+  [[ ${ONLY^^} != *W3* ]] || { echo "--load: W3 is a refresh workload; use W1,W2" >&2; exit 2; }
+else
+  ONLY=${ONLY:-W1,W2,W3} CONTENDERS=${CONTENDERS:-seed,warm,warm-rebuild,registry,skopeo}
+  LOAD_ROUNDS=${LOAD_ROUNDS:-3}
+fi
 ONLY=${ONLY^^}
 [[ -z $ROUNDS || $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "--rounds: not a positive number: $ROUNDS" >&2; exit 2; }
 [[ $LOAD_ROUNDS =~ ^[0-9]+$ ]] || { echo "--load-rounds: not a number: $LOAD_ROUNDS" >&2; exit 2; }
@@ -119,7 +157,7 @@ for w in ${ONLY//,/ }; do
   [[ $w =~ ^W[123]$ ]] || { echo "--only: unknown workload $w (W1, W2, W3)" >&2; exit 2; }
 done
 for c in ${CONTENDERS//,/ }; do
-  [[ $c =~ ^(seed|warm|warm-rebuild|registry|skopeo)$ ]] || { echo "--contenders: unknown contender $c" >&2; exit 2; }
+  [[ $c =~ ^(seed|warm|warm-rebuild|registry|skopeo|loop|load)$ ]] || { echo "--contenders: unknown contender $c" >&2; exit 2; }
 done
 for d in ${DAEMONS//,/ }; do
   [[ $d =~ ^(classic|containerd)$ ]] || { echo "--daemons: unknown daemon $d (classic, containerd)" >&2; exit 2; }
@@ -323,6 +361,12 @@ contender_cmd() { # contender dir list -> CMD array
     warm) CMD=("$BIN" warm --mode daemon --dir "$dir" "${refs[@]}") ;;
     warm-rebuild) CMD=("$BIN" warm --mode daemon --dir "$dir" --refresh-policy rebuild "${refs[@]}") ;;
     registry) CMD=("$BIN" warm --mode registry --dir "$dir" "${refs[@]}") ;;
+    loop) CMD=("$SELF" __loop "$dir" "$list") ;;
+    load)
+      local rels
+      mapfile -t rels < <(cut -d' ' -f2 "$list")
+      CMD=("$BIN" load --dir "$dir" "${rels[@]}")
+      ;;
   esac
 }
 
@@ -462,6 +506,30 @@ run_loads() { # W
   rm -rf "$WORK/out/L-$w-daemon" "$WORK/out/L-$w-registry"
 }
 
+# The runner side on the current daemon: the workload's archives are saved once by that daemon (as
+# the DaemonSet's dind would), then each round removes the images and loads them back, alternately
+# with the fork's loop and with `image-preloader load`.
+run_load_workload() { # W
+  local w=$1 list="$WORK/$1.list" cs=() c r
+  for c in loop load; do has "$c" "$CONTENDERS" && cs+=("$c"); done
+  [ ${#cs[@]} -gt 0 ] || return 0
+  local src="$WORK/out/$w-archives-$DAEMON" refs
+  mapfile -t refs < <(cut -d' ' -f1 "$list")
+  step "$w on daemon $DAEMON: saving the archives once ($(wc -l <"$list") images)"
+  rm -rf "$src" && mkdir -p "$src"
+  "$BIN" warm --mode daemon --dir "$src" --min-free 2Gi "${refs[@]}" >"$WORK/logs/$w-$DAEMON-warm.log" 2>&1 ||
+    die "warming $w on $DAEMON failed; log: $WORK/logs/$w-$DAEMON-warm.log"
+  step "$w on daemon $DAEMON: ${cs[*]} × $ROUNDS rounds"
+  for ((r = 1; r <= ROUNDS; r++)); do
+    for c in "${cs[@]}"; do
+      remove_from_daemon "$list"
+      measure "$w" "$c" "$r" "$src" "$list"
+    done
+  done
+  remove_from_daemon "$list"
+  rm -rf "$src"
+}
+
 mkdir -p "$WORK/logs"
 for w in W1 W2 W3; do
   has "$w" "$ONLY" || continue
@@ -474,7 +542,11 @@ for d in ${DAEMONS//,/ }; do
   DOCKER_HOST=$(daemon_host "$d")
   for w in W1 W2 W3; do
     has "$w" "$ONLY" || continue
-    run_workload "$w" seed warm warm-rebuild
+    if [ "$LOAD" = 1 ]; then
+      run_load_workload "$w"
+    else
+      run_workload "$w" seed warm warm-rebuild
+    fi
   done
   if [ "$LOAD_ROUNDS" -gt 0 ]; then
     for w in W1 W2; do
@@ -495,6 +567,9 @@ done
 # Report: raw rounds as JSON, medians as Markdown.
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT="$RESULTS/$STAMP-$MODE"
+[ "$LOAD" = 1 ] && OUT="$OUT-load"
+export BENCH_SIDE=$([ "$LOAD" = 1 ] && echo load || echo save)
+export BENCH_LOAD_CONCURRENCY=${IMAGE_PRELOADER_CONCURRENCY:-default}
 export BENCH_MODE=$MODE BENCH_ROUNDS=$ROUNDS BENCH_STAMP=$STAMP
 export BENCH_W1="${W1_LAYERS}x${W1_LAYER_MIB} MiB" BENCH_W2="${W2_IMAGES} images x ${W2_LAYERS}x${W2_LAYER_MIB} MiB"
 export BENCH_W3="${W3_IMAGES} images x ${W3_KIB} KiB"
@@ -527,7 +602,10 @@ machine = dict(nproc=int(env["BENCH_NPROC"]), memory_bytes=int(env["BENCH_MEM"])
                cpu=env["BENCH_CPU"], kernel=env["BENCH_KERNEL"], docker=env["BENCH_DOCKER"],
                archive_fs=env["BENCH_FS"],
                skopeo=env["BENCH_SKOPEO"], loadavg_at_end=env["BENCH_LOAD"])
-doc = dict(timestamp=env["BENCH_STAMP"], mode=env["BENCH_MODE"], rounds=int(env["BENCH_ROUNDS"]),
+side = env["BENCH_SIDE"]
+if side == "load":
+    machine["load_concurrency"] = env["BENCH_LOAD_CONCURRENCY"]
+doc = dict(timestamp=env["BENCH_STAMP"], mode=env["BENCH_MODE"], side=side, rounds=int(env["BENCH_ROUNDS"]),
            commit=env["BENCH_COMMIT"], machine=machine,
            workloads=dict(W1=env["BENCH_W1"], W2=env["BENCH_W2"], W3=env["BENCH_W3"]),
            results=rounds)
@@ -540,13 +618,14 @@ def human(n):
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
 
-order = ["seed", "warm", "warm-rebuild", "registry", "skopeo", "load-daemon", "load-registry"]
-lines = [f"Mode `{doc['mode']}`, {doc['rounds']} rounds, commit `{doc['commit']}`, {doc['timestamp']}. "
+order = ["seed", "warm", "warm-rebuild", "registry", "skopeo", "load-daemon", "load-registry", "loop", "load"]
+baseline = "loop" if side == "load" else "seed"
+lines = [f"Mode `{doc['mode']}`{' (load side)' if side == 'load' else ''}, {doc['rounds']} rounds, commit `{doc['commit']}`, {doc['timestamp']}. "
          f"Machine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory_bytes'] / 2**30:.1f} GiB RAM, "
          f"Linux {machine['kernel']}, daemons {machine['docker']}, "
-         f"archives on {machine['archive_fs']}, skopeo: {machine['skopeo']}. Load average at end: {machine['loadavg_at_end']}.",
+         f"archives on {machine['archive_fs']}, {'`load --concurrency` ' + machine['load_concurrency'] if side == 'load' else 'skopeo: ' + machine['skopeo']}. Load average at end: {machine['loadavg_at_end']}.",
          "",
-         "| Workload | Daemon | Contender | Wall (median) | vs seed | Peak RSS | CPU (user+sys) | Archive bytes written | All file writes | Wall min–max |",
+         f"| Workload | Daemon | Contender | Wall (median) | vs {baseline} | Peak RSS | CPU (user+sys) | Archive bytes written | All file writes | Wall min–max |",
          "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
 daemons = env["BENCH_DAEMONS"].split(",") + ["-"]
 for w in ["W1", "W2", "W3", "L-W1", "L-W2"]:
@@ -557,7 +636,7 @@ for w in ["W1", "W2", "W3", "L-W1", "L-W2"]:
         med = lambda c, k: statistics.median(x[k] for x in rs if x["contender"] == c)
         # Each daemon's contenders against the seed on that daemon; the daemonless ones against
         # the seed on the first daemon.
-        base = "load-daemon" if w.startswith("L-") else "seed"
+        base = "load-daemon" if w.startswith("L-") else baseline
         base_rs = rs if d != "-" else [x for x in rounds if x["workload"] == w and x["daemon"] == daemons[0]]
         base_walls = [x["wall_s"] for x in base_rs if x["contender"] == base]
         seed_wall = statistics.median(base_walls) if base_walls else None
@@ -572,9 +651,10 @@ for w in ["W1", "W2", "W3", "L-W1", "L-W2"]:
                          f"{human(med(c, 'archive_bytes_written'))} | {human(med(c, 'fs_output_bytes'))} | "
                          f"{min(walls):.2f}–{max(walls):.2f} s |")
 text = "\n".join(lines) + "\n"
-for path in (out + ".md", os.path.join(os.path.dirname(out), "latest.md")):
+latest = "latest-load.md" if side == "load" else "latest.md"
+for path in (out + ".md", os.path.join(os.path.dirname(out), latest)):
     with open(path, "w") as f:
         f.write(text)
 print(text)
 PY
-echo "raw rounds: ${OUT#"$ROOT"/}.json, table: ${OUT#"$ROOT"/}.md and bench/results/latest.md" >&2
+echo "raw rounds: ${OUT#"$ROOT"/}.json, table: ${OUT#"$ROOT"/}.md and bench/results/latest$([ "$LOAD" = 1 ] && echo -load).md" >&2

@@ -295,8 +295,9 @@ pub struct LoadArgs {
     #[command(flatten)]
     pub daemon: DaemonArgs,
 
-    /// Archives loaded at once.
-    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64), env = "IMAGE_PRELOADER_CONCURRENCY")]
+    /// Archives loaded at once: their uploads and the daemon's unpacking overlap (memory grows by
+    /// about 7 MiB per archive in flight).
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64), env = "IMAGE_PRELOADER_CONCURRENCY")]
     pub concurrency: u16,
 
     /// Exit 1 if any archive is missing, damaged, could not be loaded or was cut by --deadline.

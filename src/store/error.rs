@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use crate::format::layout::{Lacking, LayoutError};
 use crate::format::tar::TarError;
+use crate::store::beneath::BeneathError;
 use crate::store::lock::LockError;
 use crate::store::record::RecordError;
 use crate::store::space::SpaceError;
@@ -40,6 +41,8 @@ pub enum StoreError {
     Touch { path: PathBuf, source: io::Error },
     #[error("the write of {path} was abandoned")]
     Abandoned { path: PathBuf },
+    #[error(transparent)]
+    Unsafe(#[from] BeneathError),
 }
 
 /// What kind of problem a [`StoreError`] is, for callers that react differently.
@@ -91,6 +94,8 @@ impl StoreError {
             StoreError::Record(RecordError::Write { source, .. }) => io_kind(source),
             StoreError::Record(_) => StoreErrorKind::Read,
             StoreError::Cleanup { .. } | StoreError::Touch { .. } => StoreErrorKind::Write,
+            StoreError::Unsafe(BeneathError::Io { source, .. }) => io_kind(source),
+            StoreError::Unsafe(_) => StoreErrorKind::Read,
         }
     }
 }

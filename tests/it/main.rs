@@ -26,4 +26,5 @@ mod serve;
 mod sidecar;
 mod status;
 mod storage;
+mod symlink;
 mod warm;
