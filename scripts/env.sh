@@ -38,6 +38,8 @@ ensure_packages() {
   [ -x /usr/bin/time ] || missing+=(time)
   command -v curl >/dev/null || missing+=(curl)
   command -v htpasswd >/dev/null || missing+=(apache2-utils)
+  # `script`: the pseudo-terminal of the progress bar test.
+  command -v script >/dev/null || missing+=(bsdutils)
   if [ "${#missing[@]}" -gt 0 ]; then
     step "installing ${missing[*]}"
     as_root apt-get update -q >/dev/null

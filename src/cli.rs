@@ -45,6 +45,11 @@ pub struct Cli {
         global = true
     )]
     pub log_level: String,
+
+    /// No progress: neither the bars `warm` and `load` draw on a terminal nor the progress lines
+    /// they log elsewhere during long saves and loads. Logs and the summary are unaffected.
+    #[arg(long, short = 'q', env = "IMAGE_PRELOADER_QUIET", global = true)]
+    pub quiet: bool,
 }
 
 /// The subcommands.

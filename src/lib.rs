@@ -3,6 +3,8 @@
 //!
 //! The modules, from pure to effectful (each only uses those above it):
 //! - [`human`], [`image`]: formatting; references, archive names and the image list;
+//! - [`progress`]: progress for people (bars on a terminal, occasional lines elsewhere), which
+//!   `daemon` and `preload` report to;
 //! - [`platform`], [`registry`]: image platforms; registry hosts and Docker config credentials;
 //! - [`format`]: the `docker save` archive format: streaming tar scanner and layout checks;
 //! - [`store`]: the archive directory: names, records, locks, the one publish path, the disk
@@ -24,6 +26,7 @@ pub mod image;
 pub mod logging;
 pub mod platform;
 pub mod preload;
+pub mod progress;
 pub mod registry;
 pub mod source;
 pub mod store;

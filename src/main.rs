@@ -1,26 +1,39 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
+use std::io::IsTerminal;
+
 use clap::Parser;
-use image_preloader::cli::Cli;
-use image_preloader::{Config, Exit, logging};
+use image_preloader::cli::{Cli, LogFormat};
+use image_preloader::{Config, Exit, logging, progress};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version, and usage errors as clap prints them, unless JSON was asked for.
+        Err(e) if e.use_stderr() && logging::json_requested() => {
+            return usage_error(
+                LogFormat::Json,
+                e.kind().as_str().unwrap_or("invalid usage"),
+                &e.to_string(),
+            );
+        }
+        Err(e) => e.exit(),
+    };
     if let Err(message) = logging::init(cli.log_format, &cli.log_level) {
-        eprintln!("error: {message}");
-        return exit(Exit::Usage);
+        return usage_error(cli.log_format, "invalid --log-level", &message);
     }
+    let display = progress_display(cli.quiet, cli.log_format);
     let config = match Config::try_from(cli.command) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit(Exit::Usage);
-        }
+        Err(e) => return usage_error(cli.log_format, "configuration error", &e.to_string()),
     };
+    if matches!(config, Config::Warm(_) | Config::Load(_)) {
+        progress::install(display);
+    }
     match run(config) {
         Ok(code) => exit(code),
         Err(e) => {
@@ -72,6 +85,27 @@ async fn forward_signals(mut term: Signal, mut int: Signal, shutdown: Cancellati
         _ = int.recv() => {}
     }
     std::process::exit(Exit::Interrupted as i32);
+}
+
+/// How `warm` and `load` show progress: bars on a terminal (text logs), log lines elsewhere.
+fn progress_display(quiet: bool, format: LogFormat) -> progress::Display {
+    if quiet {
+        progress::Display::Off
+    } else if format == LogFormat::Text && std::io::stderr().is_terminal() {
+        progress::Display::Bars
+    } else {
+        progress::Display::Lines
+    }
+}
+
+/// Reports a usage or configuration error (exit 2): `error: MESSAGE` on stderr, or with
+/// `--log-format json` one JSON object like every other log line.
+fn usage_error(format: LogFormat, summary: &str, message: &str) -> ExitCode {
+    match format {
+        LogFormat::Text => eprintln!("error: {message}"),
+        LogFormat::Json => eprintln!("{}", logging::json_error(summary, message)),
+    }
+    exit(Exit::Usage)
 }
 
 fn exit(code: Exit) -> ExitCode {

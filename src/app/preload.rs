@@ -17,6 +17,7 @@ use crate::config::{Mode, PreloadConfig, RunConfig};
 use crate::daemon::{DockerDaemon, DockerError};
 use crate::image::list::ImageSpec;
 use crate::preload::cycle;
+use crate::preload::outcome::{Failure, Outcome, PassReport};
 use crate::preload::pass::Preloader;
 use crate::preload::status::{StatusFeed, liveness_bound};
 use crate::registry::client::{ClientOptions, RegistryClient};
@@ -25,6 +26,7 @@ use crate::registry::{CredentialSet, CredentialsError, Keyring, RegistryHost, Re
 use crate::source::Source;
 use crate::source::registry::RegistrySource;
 use crate::store::{ArchiveStore, prune};
+use crate::{human, progress};
 
 /// `--prune`: removes recorded archives not in `images`. Failures are logged, not fatal.
 async fn prune_unlisted(store: &ArchiveStore, images: &[ImageSpec]) {
@@ -215,6 +217,9 @@ pub(super) async fn warm(config: PreloadConfig, shutdown: CancellationToken) -> 
     let preloader = prepare(&config, &shutdown).await?.preloader;
     let report = preloader.pass(&config.images, &shutdown).await;
     cycle::log_pass(1, &report, None);
+    if progress::bars() {
+        progress::suspend(|| eprint!("{}", summary_table(&report)));
+    }
     if report.cancelled() > 0 || shutdown.is_cancelled() {
         return Err(AppError::Interrupted);
     }
@@ -318,4 +323,44 @@ async fn stop(mut tasks: JoinSet<()>, server_stop: CancellationToken) -> Result<
     server_stop.cancel();
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// The table `warm` prints after its bars: one row per image with its result, archive size, time
+/// and why it failed or was kept.
+fn summary_table(report: &PassReport) -> String {
+    let rows: Vec<[String; 5]> = report
+        .outcomes
+        .iter()
+        .map(|(image, outcome)| {
+            let (size, time, detail) = match outcome {
+                Outcome::Built(built) => (
+                    human::bytes(built.bytes),
+                    human::duration(built.pull_time + built.save_time),
+                    built.reason.to_string(),
+                ),
+                Outcome::Kept(reason) => ("-".into(), "-".into(), reason.to_string()),
+                Outcome::Unchanged => {
+                    ("-".into(), "-".into(), "the registry serves the recorded digest".into())
+                }
+                Outcome::Unverified(why) | Outcome::Failed(Failure { message: why, .. }) => {
+                    ("-".into(), "-".into(), why.clone())
+                }
+                Outcome::Cancelled => ("-".into(), "-".into(), "interrupted".into()),
+            };
+            [image.reference.to_string(), outcome.label().to_owned(), size, time, detail]
+        })
+        .collect();
+    let header = ["IMAGE", "RESULT", "SIZE", "TIME", "DETAIL"].map(str::to_owned);
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut table = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = row[..4].iter().zip(widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        table.push_str(&format!("{}  {}\n", line.join("  "), row[4]));
+    }
+    table
 }

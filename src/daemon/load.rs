@@ -32,6 +32,7 @@ use crate::format::layout::{self, ArchiveContents};
 use crate::format::tar::TarScanner;
 use crate::human;
 use crate::platform::Platform;
+use crate::progress;
 use crate::store::check::hex;
 use crate::store::record::{Record, RecordError};
 
@@ -213,7 +214,13 @@ async fn load_one(
     };
 
     let started = Instant::now();
+    let shown = progress::item(&target.label, "loading", opened.regular.then_some(opened.size));
     let (body, verdict) = opened.stream();
+    let body = body.inspect(move |chunk| {
+        if let Ok(chunk) = chunk {
+            shown.inc(chunk.len() as u64);
+        }
+    });
     let loaded = tokio::select! {
         biased;
         _ = cancel.cancelled() => return LoadOutcome::Cancelled,

@@ -21,6 +21,7 @@ use crate::image::list::ImageSpec;
 use crate::platform::Platform;
 use crate::preload::outcome::{Built, Failure, FailureKind, Outcome, PassReport, Step};
 use crate::preload::policy::{BuildReason, Decision, Inputs, MaxAge, RefreshPolicy};
+use crate::progress;
 use crate::registry::{CredentialSet, Lookup, RegistryHost};
 use crate::source::{ErrorKind, ImageSource, SourceError};
 use crate::store::space::{self, MinFree};
@@ -330,6 +331,7 @@ impl<S: ImageSource> Preloader<S> {
         let started = Instant::now();
         let auth = self.auth_for(image);
         let platform = image.platform.as_ref();
+        let shown = progress::item(&image.reference.to_string(), "pulling", None);
         let pulled = tokio::select! {
             biased;
             _ = cancel.cancelled() => return Ok(None),
@@ -357,7 +359,13 @@ impl<S: ImageSource> Preloader<S> {
             image_id: Some(facts.id),
         };
         let watch = SpaceWatch { min_free: self.settings.min_free };
-        let export = self.source.export(&image.reference);
+        // The image's size stands for the archive's (a little larger: tar headers, metadata).
+        shown.phase("saving", facts.size.filter(|s| *s > 0));
+        let export = self.source.export(&image.reference).inspect(|chunk| {
+            if let Ok(chunk) = chunk {
+                shown.inc(chunk.len() as u64);
+            }
+        });
         let published = match guard.publish(export, draft, watch, cancel).await {
             Ok(Some(published)) => published,
             Ok(None) => return Ok(None),

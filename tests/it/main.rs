@@ -18,6 +18,7 @@ mod k8s;
 mod load;
 mod platforms;
 mod pod;
+mod progress;
 mod refresh;
 mod registries;
 mod registry;
