@@ -250,4 +250,46 @@ mod tests {
         metrics.forget("a:1");
         assert!(!metrics.encode().contains(r#"image_preloader_archive_bytes{image="a:1"}"#));
     }
+
+    /// The chart's Grafana dashboard asks only for series this process serves.
+    #[test]
+    fn the_chart_dashboard_queries_only_served_series() {
+        let dashboard: serde_json::Value = serde_json::from_str(include_str!(
+            "../../charts/image-preloader/dashboards/image-preloader.json"
+        ))
+        .expect("the dashboard is JSON");
+        // Every family with a sample (labelled families show only once they have one).
+        let metrics = Metrics::new();
+        let now = SystemTime::now();
+        metrics.checked("a:1", now);
+        metrics.succeeded("a:1", now, Some((42, Duration::from_secs(3))));
+        metrics.failed("b:1", &Failure::new(Step::Pull, FailureKind::NotFound, "no such image"));
+        metrics.outcome("built");
+        metrics.pass(Duration::from_secs(5));
+        metrics.daemon_waited(Duration::from_secs(1));
+        metrics.list_refused();
+        metrics.set_counts(2, 1);
+        let text = metrics.encode();
+        let families: std::collections::BTreeSet<&str> =
+            text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split_whitespace().next()).collect();
+        let mut queried = 0;
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                let mut rest = expr;
+                while let Some(at) = rest.find("image_preloader_") {
+                    let name: String =
+                        rest[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                    rest = &rest[at + name.len()..];
+                    let family = ["_total", "_bucket", "_sum", "_count", "_info"]
+                        .iter()
+                        .find_map(|suffix| name.strip_suffix(suffix))
+                        .unwrap_or(&name);
+                    assert!(families.contains(family), "the dashboard asks for {name}, not served:\n{text}");
+                    queried += 1;
+                }
+            }
+        }
+        assert!(queried >= 10, "{queried}");
+    }
 }

@@ -454,6 +454,42 @@ fn probes_port_service_and_service_monitor() {
 }
 
 #[test]
+fn the_grafana_dashboard_is_optional_labelled_and_valid() {
+    let default = render(&["--set", "images={nginx:1.27}"]);
+    assert!(
+        of_kind(&default, "ConfigMap").iter().all(|c| c["data"]["image-preloader.json"].is_null()),
+        "no dashboard by default"
+    );
+    let text = helm_template(&[
+        "--set",
+        "images={nginx:1.27},metrics.grafanaDashboard.enabled=true,metrics.grafanaDashboard.annotations.grafana_folder=CI",
+    ])
+    .unwrap();
+    k8s::validate("the dashboard ConfigMap", &text);
+    let docs = documents(&text);
+    let dashboards: Vec<&Value> = of_kind(&docs, "ConfigMap")
+        .into_iter()
+        .filter(|c| c["data"]["image-preloader.json"].is_string())
+        .collect();
+    assert_eq!(dashboards.len(), 1);
+    let cm = dashboards[0];
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"].as_str(), Some("1"));
+    assert_eq!(cm["metadata"]["annotations"]["grafana_folder"].as_str(), Some("CI"));
+    let dashboard: serde_json::Value =
+        serde_json::from_str(cm["data"]["image-preloader.json"].as_str().unwrap())
+            .expect("the dashboard is JSON");
+    assert_eq!(dashboard["uid"], "image-preloader");
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter().map(|t| t["expr"].as_str().unwrap().to_owned()))
+        .collect();
+    // That each series is one the preloader serves: a unit test in src/preload/metrics.rs.
+    assert!(exprs.len() >= 10, "{exprs:?}");
+}
+
+#[test]
 fn the_schema_rejects_unknown_keys_wrong_types_and_bad_values() {
     let bad: &[(&[&str], &str)] = &[
         (&["--set", "imagez={nginx}"], "imagez"),
@@ -473,6 +509,7 @@ fn the_schema_rejects_unknown_keys_wrong_types_and_bad_values() {
         (&["--set-json", "pools=[{\"name\":\"Bad_Name\",\"images\":[\"x\"]}]"], "name"),
         (&["--set-json", "pools=[{\"name\":\"gpu\",\"images\":[]}]"], "images"),
         (&["--set", "updateStrategy=Sometimes"], "updateStrategy"),
+        (&["--set", "metrics.grafanaDashboard.folder=CI"], "folder"),
     ];
     for (args, mention) in bad {
         match helm_template(args) {
