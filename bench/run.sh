@@ -68,11 +68,13 @@ Options:
   --quick               small workloads (W1 4x32 MiB, W2 8 images of 16 MiB), 2 rounds
   --rounds N            rounds per workload (default 3; --quick 2)
   --only LIST           workloads to run, comma-separated: W1,W2,W3 (default all)
-  --contenders LIST     comma-separated: seed,warm,warm-rebuild,registry,skopeo (default all;
-                        warm-rebuild runs in W3 only, skopeo only if it can be installed;
-                        registry is `warm --mode registry`)
+  --contenders LIST     comma-separated: seed,warm,warm-rebuild,registry,registry-gz,skopeo
+                        (default all; warm-rebuild runs in W3 only, skopeo only if it can be
+                        installed; registry is `warm --mode registry --layers uncompressed`,
+                        registry-gz the same with `--layers compressed`)
   --load-rounds N       rounds of the load comparison (default 3; 0 skips it): `docker load -i`
-                        of W1's and W2's daemon-mode and registry-mode archives, alternately
+                        of W1's and W2's daemon-mode and registry-mode archives (uncompressed and
+                        compressed layers), alternately
   --help                this text
 
 Workloads:
@@ -86,7 +88,7 @@ EOF
 QUICK=0
 ROUNDS=
 ONLY=W1,W2,W3
-CONTENDERS=seed,warm,warm-rebuild,registry,skopeo
+CONTENDERS=seed,warm,warm-rebuild,registry,registry-gz,skopeo
 LOAD_ROUNDS=3
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -300,7 +302,8 @@ contender_cmd() { # contender dir list -> CMD array
     skopeo) CMD=("$SELF" __skopeo "$dir" "$list" 7) ;;
     warm) CMD=("$BIN" warm --dir "$dir" "${refs[@]}") ;;
     warm-rebuild) CMD=("$BIN" warm --dir "$dir" --refresh-policy rebuild "${refs[@]}") ;;
-    registry) CMD=("$BIN" warm --mode registry --dir "$dir" "${refs[@]}") ;;
+    registry) CMD=("$BIN" warm --mode registry --layers uncompressed --dir "$dir" "${refs[@]}") ;;
+    registry-gz) CMD=("$BIN" warm --mode registry --layers compressed --dir "$dir" "${refs[@]}") ;;
   esac
 }
 
@@ -364,7 +367,7 @@ age_archives() { # dir
 
 run_workload() { # W
   local w=$1 list="$WORK/$1.list" cs=() c
-  for c in seed warm warm-rebuild registry skopeo; do
+  for c in seed warm warm-rebuild registry registry-gz skopeo; do
     has "$c" "$CONTENDERS" || continue
     [ "$c" = warm-rebuild ] && [ "$w" != W3 ] && continue
     cs+=("$c")
@@ -401,24 +404,28 @@ run_workload() { # W
 }
 
 # `docker load -i` of the daemon-mode archive (uncompressed layers) against the registry-mode
-# archive (the registry's gzip layers) of the same images, alternately; each load starts with the
-# images removed from the daemon, so every layer is unpacked again. Rows: workload L-W1/L-W2,
-# contender load-daemon/load-registry; "archive bytes" is the archive's size.
+# archives of the same images, with uncompressed layers (`--layers uncompressed`) and with the
+# registry's gzip layers (`--layers compressed`), alternately; each load starts with the images
+# removed from the daemon, so every layer is unpacked again. Rows: workload L-W1/L-W2, contender
+# load-daemon/load-registry/load-registry-gz; "archive bytes" is the archive's size.
 LOADS="$WORK/loads.tsv"
 : >"$LOADS"
 run_loads() { # W
   local w=$1 list="$WORK/$1.list" refs r c dir t0 t1 bytes
   mapfile -t refs < <(cut -d' ' -f1 "$list")
   step "load $w: daemon-mode vs registry-mode archives × $LOAD_ROUNDS rounds"
-  for c in daemon registry; do
+  local -A how=([daemon]="--mode daemon" [registry]="--mode registry --layers uncompressed"
+    [registry-gz]="--mode registry --layers compressed")
+  for c in daemon registry registry-gz; do
     dir="$WORK/out/L-$w-$c"
     rm -rf "$dir" && mkdir -p "$dir"
     remove_from_daemon "$list"
-    "$BIN" warm --mode "$c" --dir "$dir" "${refs[@]}" >"$WORK/logs/L-$w-$c.log" 2>&1 ||
+    # shellcheck disable=SC2086 # the mode's words
+    "$BIN" warm ${how[$c]} --dir "$dir" "${refs[@]}" >"$WORK/logs/L-$w-$c.log" 2>&1 ||
       die "warming the $c-mode archives for the load comparison failed; log: $WORK/logs/L-$w-$c.log"
   done
   for ((r = 1; r <= LOAD_ROUNDS; r++)); do
-    for c in daemon registry; do
+    for c in daemon registry registry-gz; do
       dir="$WORK/out/L-$w-$c"
       remove_from_daemon "$list"
       sync
@@ -435,7 +442,7 @@ run_loads() { # W
     done
   done
   remove_from_daemon "$list"
-  rm -rf "$WORK/out/L-$w-daemon" "$WORK/out/L-$w-registry"
+  rm -rf "$WORK/out/L-$w-daemon" "$WORK/out/L-$w-registry" "$WORK/out/L-$w-registry-gz"
 }
 
 mkdir -p "$WORK/logs"
@@ -498,7 +505,8 @@ def human(n):
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
 
-order = ["seed", "warm", "warm-rebuild", "registry", "skopeo", "load-daemon", "load-registry"]
+order = ["seed", "warm", "warm-rebuild", "registry", "registry-gz", "skopeo", "load-daemon", "load-registry",
+         "load-registry-gz"]
 lines = [f"Mode `{doc['mode']}`, {doc['rounds']} rounds, commit `{doc['commit']}`, {doc['timestamp']}. "
          f"Machine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory_bytes'] / 2**30:.1f} GiB RAM, "
          f"Linux {machine['kernel']}, Docker {machine['docker']} ({machine['storage_driver']}), "

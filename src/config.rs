@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::{
-    CliCommand, DaemonArgs, ImagesArgs, LoadArgs, ModeArg, PreloadArgs, RefreshPolicyArg, SourceArgs,
+    CliCommand, DaemonArgs, ImagesArgs, LayersArg, LoadArgs, ModeArg, PreloadArgs, RefreshPolicyArg,
+    SourceArgs,
 };
 use crate::daemon::{self, DockerError};
 use crate::image::list::{self, ImageListError, ImageSpec};
@@ -16,6 +17,7 @@ use crate::registry::ConfigLocation;
 use crate::registry::RegistryHost;
 use crate::registry::client;
 use crate::registry::host::DOCKER_HUB;
+use crate::source::registry::LayerStorage;
 use crate::store::space::MinFree;
 
 /// Docker's default socket.
@@ -122,6 +124,8 @@ pub struct SourceConfig {
     pub insecure: Vec<String>,
     /// Extra CA certificates (checked readable and valid).
     pub ca_file: Option<PathBuf>,
+    /// How registry mode stores layers.
+    pub layers: LayerStorage,
 }
 
 impl PreloadConfig {
@@ -317,6 +321,10 @@ fn source_config(args: SourceArgs, default_mode: Mode) -> Result<SourceConfig, C
             .map(|h| RegistryHost::new(h.trim()).as_str().to_owned())
             .collect(),
         ca_file: args.ca_file,
+        layers: match args.layers {
+            LayersArg::Compressed => LayerStorage::Compressed,
+            LayersArg::Uncompressed => LayerStorage::Uncompressed,
+        },
     })
 }
 

@@ -9,13 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use image_preloader::format::builder::{Decode, Part};
 use image_preloader::image::reference::Reference;
 use image_preloader::platform::Platform;
 use image_preloader::registry::client::{ClientOptions, ErrorKind, RegistryClient, RegistryError, Target};
 use image_preloader::registry::manifest::host_platform;
 use image_preloader::registry::retry::RetryPolicy;
 use image_preloader::registry::{Credentials, Secret};
-use image_preloader::source::registry::{self as archive, Prepared};
+use image_preloader::source::registry::{self as archive, LayerStorage, Prepared};
 
 use crate::support::{TestImage, read_record, registry, temporaries, unique};
 
@@ -32,15 +33,28 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
-/// Prepares and streams `reference` into `path`; returns the plan or the first error.
+/// Prepares and streams `reference` into `path` (layers stored the default way); returns the plan
+/// or the first error.
 fn fetch(
     client: &RegistryClient,
     reference: &str,
     wanted: &Platform,
     path: &Path,
 ) -> Result<Prepared, RegistryError> {
+    fetch_as(client, reference, wanted, path, LayerStorage::default())
+}
+
+/// Like [`fetch`], layers stored as `storage` says.
+fn fetch_as(
+    client: &RegistryClient,
+    reference: &str,
+    wanted: &Platform,
+    path: &Path,
+    storage: LayerStorage,
+) -> Result<Prepared, RegistryError> {
     runtime().block_on(async {
-        let prepared = archive::prepare(client, &Reference::parse(reference).unwrap(), wanted).await?;
+        let prepared =
+            archive::prepare(client, &Reference::parse(reference).unwrap(), wanted, storage).await?;
         let mut file = std::fs::File::create(path).unwrap();
         let mut bytes = archive::stream(client, &prepared);
         while let Some(chunk) = bytes.next().await {
@@ -54,16 +68,60 @@ fn fetch(
 fn registry_archive_loads_to_the_same_image_id_and_runs() {
     let image = TestImage::push_with_data(&format!("ipt/{}", unique("regarchive")), "1", 300_000);
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("app_1.tar");
-    let prepared =
-        fetch(&client(ClientOptions::default()), &image.reference, &host_platform(), &path).unwrap();
-    assert_eq!(std::fs::metadata(&path).unwrap().len(), prepared.plan.size(), "the planned size is exact");
-    assert_eq!(prepared.image_id(), image.id, "the config digest is the image ID");
-    assert_eq!(prepared.resolved.digest, image.digest, "the digest a pull reports");
-    image.assert_loads_and_runs(&path);
-    // `docker load` restored the tag too.
-    let tagged = crate::support::docker(&["image", "inspect", "--format", "{{.Id}}", &image.reference]);
-    assert_eq!(tagged, image.id);
+    let mut sizes = Vec::new();
+    for storage in [LayerStorage::Uncompressed, LayerStorage::Compressed] {
+        let path = dir.path().join(format!("app_1-{storage:?}.tar"));
+        let prepared =
+            fetch_as(&client(ClientOptions::default()), &image.reference, &host_platform(), &path, storage)
+                .unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            prepared.plan.size(),
+            "the planned size is exact"
+        );
+        assert_eq!(prepared.image_id(), image.id, "the config digest is the image ID");
+        assert_eq!(prepared.resolved.digest, image.digest, "the digest a pull reports");
+        let gunzipped = prepared
+            .plan
+            .parts()
+            .iter()
+            .filter(|p| matches!(p, Part::Blob(layer) if layer.decode == Decode::Gzip))
+            .count();
+        let expected =
+            if storage == LayerStorage::Uncompressed { prepared.resolved.image.layers.len() } else { 0 };
+        assert_eq!(gunzipped, expected, "{storage:?}");
+        sizes.push(prepared.plan.size());
+        image.assert_loads_and_runs(&path);
+        // `docker load` restored the tag too.
+        let tagged = crate::support::docker(&["image", "inspect", "--format", "{{.Id}}", &image.reference]);
+        assert_eq!(tagged, image.id);
+    }
+    assert!(sizes[0] > sizes[1], "the data layer compresses: {sizes:?}");
+}
+
+#[test]
+fn uncompressed_layers_are_checked_against_the_diff_ids() {
+    // A layer whose gzip trailer states the wrong size: the proxy rewrites the last 4 bytes of the
+    // range answer (the trailer) so the plan is wrong; streaming must fail, not write a bad tar.
+    let image = TestImage::push_with_data(&format!("ipt/{}", unique("regdiffid")), "1", 200_000);
+    let proxy = FaultProxy::start(|seen, _| {
+        if is_big_blob(seen) && seen.range.as_deref().is_some_and(|r| r != "bytes=0-") {
+            Fault::Corrupt
+        } else {
+            Fault::None
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let err = fetch_as(
+        &client(ClientOptions::default()),
+        &via(&proxy, &image),
+        &host_platform(),
+        &dir.path().join("a.tar"),
+        LayerStorage::Uncompressed,
+    )
+    .unwrap_err();
+    assert!(matches!(err, RegistryError::Integrity { .. }), "{err}");
+    assert!(err.to_string().contains("its gzip trailer states"), "{err}");
 }
 
 #[test]
