@@ -113,7 +113,7 @@ for w in ${ONLY//,/ }; do
   [[ $w =~ ^W[123]$ ]] || { echo "--only: unknown workload $w (W1, W2, W3)" >&2; exit 2; }
 done
 for c in ${CONTENDERS//,/ }; do
-  [[ $c =~ ^(seed|warm|warm-rebuild|registry|skopeo)$ ]] || { echo "--contenders: unknown contender $c" >&2; exit 2; }
+  [[ $c =~ ^(seed|warm|warm-rebuild|registry|registry-gz|skopeo)$ ]] || { echo "--contenders: unknown contender $c" >&2; exit 2; }
 done
 
 MIB=$((1024 * 1024))
