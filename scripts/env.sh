@@ -22,7 +22,8 @@ as_root() {
   fi
 }
 
-# Debian packages: the daemon, the registry, a static busybox for runnable test images, GNU time.
+# Debian packages: the daemon, the registry, a static busybox for runnable test images, GNU time,
+# openssl (a private CA for the TLS registry test).
 ensure_packages() {
   local missing=()
   command -v dockerd >/dev/null || missing+=(docker.io)
@@ -31,6 +32,7 @@ ensure_packages() {
   [ -x /usr/bin/time ] || missing+=(time)
   command -v curl >/dev/null || missing+=(curl)
   command -v htpasswd >/dev/null || missing+=(apache2-utils)
+  command -v openssl >/dev/null || missing+=(openssl)
   if [ "${#missing[@]}" -gt 0 ]; then
     step "installing ${missing[*]}"
     as_root apt-get update -q >/dev/null
