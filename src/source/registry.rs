@@ -34,9 +34,10 @@ pub enum LayerStorage {
 }
 
 /// Output chunks of the gunzip worker.
-const GUNZIP_CHUNK: usize = 64 << 10;
-/// Compressed chunks buffered towards the gunzip worker, and output chunks back.
-const GUNZIP_QUEUE: usize = 4;
+const GUNZIP_CHUNK: usize = 32 << 10;
+/// Compressed chunks buffered towards the gunzip worker, and output chunks back (the compressed
+/// chunks are slices of the HTTP client's read buffer, which they keep alive while queued).
+const GUNZIP_QUEUE: usize = 2;
 /// Concurrent range requests for gzip trailers while planning.
 const TRAILER_REQUESTS: usize = 4;
 
