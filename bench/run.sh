@@ -2,7 +2,8 @@
 # Benchmark: image-preloader against the seed chart's shell sequence and skopeo, side by side.
 # See bench/README.md. Usage: bench/run.sh [--quick] [--rounds N] [--only W1,W2,W3]
 #                                         [--contenders seed,warm,warm-rebuild,registry,skopeo]
-#                                         [--load-rounds N] [--help]
+#                                         [--daemons classic,containerd] [--load-rounds N] [--help]
+#                             bench/run.sh --load [--quick] [--rounds N] [--only W1,W2] [--daemons LIST]
 set -euo pipefail
 
 # ---------------------------------------------------------------------------------------------------
@@ -35,6 +36,26 @@ _seed() {
 
 # The daemonless reference: skopeo copy to docker-archive:, into a temporary name then renamed
 # (as `docker save -o` and image-preloader publish), same age rule.
+# The runner side as a third-party fork of gha-runner-scale-set does it (`preloadImages`): wait for
+# `docker info`, then `docker load -i` each listed archive in turn, skipping missing files, under
+# `set -e`.
+_loop() {
+  local dir=$1 list=$2 ref rel timeout=120
+  set -e
+  while ! docker info >/dev/null 2>&1; do
+    [ "$timeout" -le 0 ] && { echo "Docker daemon failed to start within timeout"; exit 1; }
+    timeout=$((timeout - 5))
+    sleep 5
+  done
+  while read -r ref rel; do
+    if [ -f "$dir/$rel" ]; then
+      docker load -i "$dir/$rel"
+    else
+      echo "Warning: File $dir/$rel not found, skipping..."
+    fi
+  done <"$list"
+}
+
 _skopeo() {
   local dir=$1 list=$2 max_age=$3 ref rel policy=()
   [ -f /etc/containers/policy.json ] || policy=(--insecure-policy)
@@ -53,16 +74,23 @@ _skopeo() {
 case "${1:-}" in
   __seed) shift; _seed "$@"; exit ;;
   __skopeo) shift; _skopeo "$@"; exit ;;
+  __loop) shift; _loop "$@"; exit ;;
 esac
 
 # ---------------------------------------------------------------------------------------------------
 usage() {
   cat <<'EOF'
 Usage: bench/run.sh [OPTIONS]
+       bench/run.sh --load [--quick] [--rounds N] [--only W1,W2] [--daemons LIST]
 
 Runs image-preloader against the seed chart's `docker pull` + `docker save -o` sequence and against
-`skopeo copy … docker-archive:`, alternately, on the local dockerd and registry (127.0.0.1:5000),
+`skopeo copy … docker-archive:`, alternately, on the local dockerds and registry (127.0.0.1:5000),
 and prints a Markdown table of medians (results also in bench/results/).
+
+With --load it measures the runner side instead: `image-preloader load` against the sequential
+`docker load -i` loop of a gha-runner-scale-set fork (`preloadImages`), loading the archives of W1
+and W2 into a daemon that does not have the images (removed before every round), on each daemon of
+--daemons.
 
 Options:
   --quick               small workloads (W1 4x32 MiB, W2 8 images of 16 MiB), 2 rounds
@@ -72,9 +100,15 @@ Options:
                         (default all; warm-rebuild runs in W3 only, skopeo only if it can be
                         installed; registry is `warm --mode registry --layers uncompressed`,
                         registry-gz the same with `--layers compressed`)
+  --daemons LIST        daemons the daemon contenders (seed, warm, warm-rebuild) and the load
+                        comparison run on, comma-separated: classic (Docker 20.10, classic image
+                        store, the test command's first daemon), containerd (Docker 26, containerd
+                        image store, its second one) (default both); registry, registry-gz and
+                        skopeo need no daemon and run once
   --load-rounds N       rounds of the load comparison (default 3; 0 skips it): `docker load -i`
                         of W1's and W2's daemon-mode and registry-mode archives (uncompressed and
                         compressed layers), alternately
+  --load                the runner side: contenders loop,load on W1 and W2
   --help                this text
 
 Workloads:
@@ -87,9 +121,11 @@ EOF
 
 QUICK=0
 ROUNDS=
-ONLY=W1,W2,W3
-CONTENDERS=seed,warm,warm-rebuild,registry,registry-gz,skopeo
-LOAD_ROUNDS=3
+ONLY=
+CONTENDERS=
+DAEMONS=classic,containerd
+LOAD_ROUNDS=
+LOAD=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -99,13 +135,23 @@ while [ $# -gt 0 ]; do
     --only=*) ONLY=${1#*=} ;;
     --contenders) CONTENDERS=${2:?--contenders needs a list}; shift ;;
     --contenders=*) CONTENDERS=${1#*=} ;;
+    --daemons) DAEMONS=${2:?--daemons needs a list}; shift ;;
+    --daemons=*) DAEMONS=${1#*=} ;;
     --load-rounds) LOAD_ROUNDS=${2:?--load-rounds needs a number}; shift ;;
     --load-rounds=*) LOAD_ROUNDS=${1#*=} ;;
+    --load) LOAD=1 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
+if [ "$LOAD" = 1 ]; then
+  ONLY=${ONLY:-W1,W2} CONTENDERS=${CONTENDERS:-loop,load} LOAD_ROUNDS=0
+  [[ ${ONLY^^} != *W3* ]] || { echo "--load: W3 is a refresh workload; use W1,W2" >&2; exit 2; }
+else
+  ONLY=${ONLY:-W1,W2,W3} CONTENDERS=${CONTENDERS:-seed,warm,warm-rebuild,registry,registry-gz,skopeo}
+  LOAD_ROUNDS=${LOAD_ROUNDS:-3}
+fi
 ONLY=${ONLY^^}
 [[ -z $ROUNDS || $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "--rounds: not a positive number: $ROUNDS" >&2; exit 2; }
 [[ $LOAD_ROUNDS =~ ^[0-9]+$ ]] || { echo "--load-rounds: not a number: $LOAD_ROUNDS" >&2; exit 2; }
@@ -113,8 +159,12 @@ for w in ${ONLY//,/ }; do
   [[ $w =~ ^W[123]$ ]] || { echo "--only: unknown workload $w (W1, W2, W3)" >&2; exit 2; }
 done
 for c in ${CONTENDERS//,/ }; do
-  [[ $c =~ ^(seed|warm|warm-rebuild|registry|registry-gz|skopeo)$ ]] || { echo "--contenders: unknown contender $c" >&2; exit 2; }
+  [[ $c =~ ^(seed|warm|warm-rebuild|registry|registry-gz|skopeo|loop|load)$ ]] || { echo "--contenders: unknown contender $c" >&2; exit 2; }
 done
+for d in ${DAEMONS//,/ }; do
+  [[ $d =~ ^(classic|containerd)$ ]] || { echo "--daemons: unknown daemon $d (classic, containerd)" >&2; exit 2; }
+done
+[ -n "${DAEMONS//,/}" ] || { echo "--daemons: give at least one daemon" >&2; exit 2; }
 
 MIB=$((1024 * 1024))
 if [ "$QUICK" = 1 ]; then
@@ -152,7 +202,18 @@ has() { [[ ",$2," == *",$1,"* ]]; }
 step "environment (scripts/env.sh)"
 ensure_packages
 ensure_dockerd
+has containerd "$DAEMONS" && ensure_containerd_dockerd
 ensure_registry
+# Images are built and pushed on the classic daemon; each daemon's runs point DOCKER_HOST (the
+# docker CLI's and image-preloader's) at it.
+CLASSIC_HOST=${DOCKER_HOST:-unix:///var/run/docker.sock}
+daemon_host() { # classic|containerd
+  case $1 in
+    classic) echo "$CLASSIC_HOST" ;;
+    containerd) echo "$IMAGE_PRELOADER_TEST_DOCKER_HOST_CONTAINERD" ;;
+  esac
+}
+export DOCKER_HOST=$CLASSIC_HOST
 command -v python3 >/dev/null || {
   as_root apt-get update -q >/dev/null
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3 >/dev/null
@@ -287,6 +348,8 @@ prepare_workload() { # W
 
 ROWS="$WORK/rows.tsv"
 : >"$ROWS"
+# The daemon the current rows are measured on ("-" for contenders that use none).
+DAEMON=-
 
 remove_from_daemon() { # list
   local refs
@@ -300,10 +363,16 @@ contender_cmd() { # contender dir list -> CMD array
   case $c in
     seed) CMD=("$SELF" __seed "$dir" "$list" 7) ;;
     skopeo) CMD=("$SELF" __skopeo "$dir" "$list" 7) ;;
-    warm) CMD=("$BIN" warm --dir "$dir" "${refs[@]}") ;;
-    warm-rebuild) CMD=("$BIN" warm --dir "$dir" --refresh-policy rebuild "${refs[@]}") ;;
+    warm) CMD=("$BIN" warm --mode daemon --dir "$dir" "${refs[@]}") ;;
+    warm-rebuild) CMD=("$BIN" warm --mode daemon --dir "$dir" --refresh-policy rebuild "${refs[@]}") ;;
     registry) CMD=("$BIN" warm --mode registry --layers uncompressed --dir "$dir" "${refs[@]}") ;;
     registry-gz) CMD=("$BIN" warm --mode registry --layers compressed --dir "$dir" "${refs[@]}") ;;
+    loop) CMD=("$SELF" __loop "$dir" "$list") ;;
+    load)
+      local rels
+      mapfile -t rels < <(cut -d' ' -f2 "$list")
+      CMD=("$BIN" load --dir "$dir" "${rels[@]}")
+      ;;
   esac
 }
 
@@ -330,7 +399,7 @@ archive_bytes_written() { # dir snap
 
 measure() { # workload contender round dir list
   local w=$1 c=$2 r=$3 dir=$4 list=$5
-  local log="$WORK/logs/$w-$c-$r.log" tv="$WORK/logs/$w-$c-$r.time" snap="$WORK/snap"
+  local log="$WORK/logs/$w-$DAEMON-$c-$r.log" tv="$WORK/logs/$w-$DAEMON-$c-$r.time" snap="$WORK/snap"
   mkdir -p "$WORK/logs"
   contender_cmd "$c" "$dir" "$list"
   sync
@@ -355,25 +424,26 @@ measure() { # workload contender round dir list
   local wall flush
   wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b - a) / 1e9}')
   flush=$(awk -v a="$f0" -v b="$f1" 'BEGIN {printf "%.3f", (b - a) / 1e9}')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$w" "$c" "$r" "$wall" "$rss" "$user" "$sys" \
-    "$bytes" "$((fsout * 512))" "$flush" >>"$ROWS"
-  printf '  %-3s round %d %-13s wall %8ss  rss %7s KiB  cpu %6.2fs  archive bytes %12s\n' \
-    "$w" "$r" "$c" "$wall" "$rss" "$(awk -v u="$user" -v s="$sys" 'BEGIN {print u + s}')" "$bytes" >&2
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$w" "$c" "$r" "$wall" "$rss" "$user" "$sys" \
+    "$bytes" "$((fsout * 512))" "$flush" "$DAEMON" >>"$ROWS"
+  printf '  %-3s round %d %-10s %-13s wall %8ss  rss %7s KiB  cpu %6.2fs  archive bytes %12s\n' \
+    "$w" "$r" "$DAEMON" "$c" "$wall" "$rss" "$(awk -v u="$user" -v s="$sys" 'BEGIN {print u + s}')" "$bytes" >&2
 }
 
 age_archives() { # dir
   find "$1" -name '*.tar' -type f -exec touch -d '30 days ago' {} +
 }
 
-run_workload() { # W
+run_workload() { # W contender...
   local w=$1 list="$WORK/$1.list" cs=() c
-  for c in seed warm warm-rebuild registry registry-gz skopeo; do
+  shift
+  for c in "$@"; do
     has "$c" "$CONTENDERS" || continue
     [ "$c" = warm-rebuild ] && [ "$w" != W3 ] && continue
     cs+=("$c")
   done
   [ ${#cs[@]} -gt 0 ] || return 0
-  step "$w: ${cs[*]} × $ROUNDS rounds ($(wc -l <"$list") images)"
+  step "$w on daemon $DAEMON: ${cs[*]} × $ROUNDS rounds ($(wc -l <"$list") images)"
   if [ "$w" = W3 ]; then
     # Warm a template directory once with our tool (so records exist), then give every contender
     # its own copy. The images stay in the daemon: a refresh finds them there, as on a node.
@@ -381,7 +451,8 @@ run_workload() { # W
     rm -rf "$tpl" && mkdir -p "$tpl"
     local refs
     mapfile -t refs < <(cut -d' ' -f1 "$list")
-    "$BIN" warm --dir "$tpl" "${refs[@]}" >"$WORK/logs/W3-template.log" 2>&1 ||
+    "$BIN" warm --mode "$([ "$DAEMON" = - ] && echo registry || echo daemon)" --dir "$tpl" "${refs[@]}" \
+      >"$WORK/logs/W3-template.log" 2>&1 ||
       die "warming the W3 template failed; log: $WORK/logs/W3-template.log"
     for c in "${cs[@]}"; do
       rm -rf "$WORK/out/W3-$c" && cp -a "$tpl" "$WORK/out/W3-$c"
@@ -413,7 +484,7 @@ LOADS="$WORK/loads.tsv"
 run_loads() { # W
   local w=$1 list="$WORK/$1.list" refs r c dir t0 t1 bytes
   mapfile -t refs < <(cut -d' ' -f1 "$list")
-  step "load $w: daemon-mode vs registry-mode archives × $LOAD_ROUNDS rounds"
+  step "load $w into daemon $DAEMON: daemon-mode vs registry-mode archives × $LOAD_ROUNDS rounds"
   local -A how=([daemon]="--mode daemon" [registry]="--mode registry --layers uncompressed"
     [registry-gz]="--mode registry --layers compressed")
   for c in daemon registry registry-gz; do
@@ -435,14 +506,38 @@ run_loads() { # W
         docker load -q -i "$dir/$rel" >/dev/null || die "docker load of $dir/$rel failed"
       done <"$list"
       t1=$(date +%s%N)
-      printf '%s\t%s\t%s\t%s\t0\t0\t0\t%s\t0\t0\n' "L-$w" "load-$c" "$r" \
-        "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b - a) / 1e9}')" "$bytes" >>"$ROWS"
-      printf '  L-%-3s round %d load-%-8s wall %8ss  archive bytes %12s\n' "$w" "$r" "$c" \
+      printf '%s\t%s\t%s\t%s\t0\t0\t0\t%s\t0\t0\t%s\n' "L-$w" "load-$c" "$r" \
+        "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b - a) / 1e9}')" "$bytes" "$DAEMON" >>"$ROWS"
+      printf '  L-%-3s round %d %-10s load-%-8s wall %8ss  archive bytes %12s\n' "$w" "$r" "$DAEMON" "$c" \
         "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b - a) / 1e9}')" "$bytes" >&2
     done
   done
   remove_from_daemon "$list"
   rm -rf "$WORK/out/L-$w-daemon" "$WORK/out/L-$w-registry" "$WORK/out/L-$w-registry-gz"
+}
+
+# The runner side on the current daemon: the workload's archives are saved once by that daemon (as
+# the DaemonSet's dind would), then each round removes the images and loads them back, alternately
+# with the fork's loop and with `image-preloader load`.
+run_load_workload() { # W
+  local w=$1 list="$WORK/$1.list" cs=() c r
+  for c in loop load; do has "$c" "$CONTENDERS" && cs+=("$c"); done
+  [ ${#cs[@]} -gt 0 ] || return 0
+  local src="$WORK/out/$w-archives-$DAEMON" refs
+  mapfile -t refs < <(cut -d' ' -f1 "$list")
+  step "$w on daemon $DAEMON: saving the archives once ($(wc -l <"$list") images)"
+  rm -rf "$src" && mkdir -p "$src"
+  "$BIN" warm --mode daemon --dir "$src" --min-free 2Gi "${refs[@]}" >"$WORK/logs/$w-$DAEMON-warm.log" 2>&1 ||
+    die "warming $w on $DAEMON failed; log: $WORK/logs/$w-$DAEMON-warm.log"
+  step "$w on daemon $DAEMON: ${cs[*]} × $ROUNDS rounds"
+  for ((r = 1; r <= ROUNDS; r++)); do
+    for c in "${cs[@]}"; do
+      remove_from_daemon "$list"
+      measure "$w" "$c" "$r" "$src" "$list"
+    done
+  done
+  remove_from_daemon "$list"
+  rm -rf "$src"
 }
 
 mkdir -p "$WORK/logs"
@@ -451,28 +546,53 @@ for w in W1 W2 W3; do
   step "$w: preparing images (cached in the registry after the first run)"
   prepare_workload "$w"
 done
+for d in ${DAEMONS//,/ }; do
+  DAEMON=$d
+  export DOCKER_HOST
+  DOCKER_HOST=$(daemon_host "$d")
+  for w in W1 W2 W3; do
+    has "$w" "$ONLY" || continue
+    if [ "$LOAD" = 1 ]; then
+      run_load_workload "$w"
+    else
+      run_workload "$w" seed warm warm-rebuild
+    fi
+  done
+  if [ "$LOAD_ROUNDS" -gt 0 ]; then
+    for w in W1 W2; do
+      has "$w" "$ONLY" || continue
+      run_loads "$w"
+    done
+  fi
+done
+# The daemonless contenders, once (on no daemon).
+DAEMON=-
+DOCKER_HOST=$CLASSIC_HOST
 for w in W1 W2 W3; do
   has "$w" "$ONLY" || continue
-  run_workload "$w"
+  run_workload "$w" registry registry-gz skopeo
 done
-if [ "$LOAD_ROUNDS" -gt 0 ]; then
-  for w in W1 W2; do
-    has "$w" "$ONLY" || continue
-    run_loads "$w"
-  done
-fi
 
 # ---------------------------------------------------------------------------------------------------
 # Report: raw rounds as JSON, medians as Markdown.
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT="$RESULTS/$STAMP-$MODE"
+[ "$LOAD" = 1 ] && OUT="$OUT-load"
+export BENCH_SIDE=$([ "$LOAD" = 1 ] && echo load || echo save)
+export BENCH_LOAD_CONCURRENCY=${IMAGE_PRELOADER_CONCURRENCY:-default}
 export BENCH_MODE=$MODE BENCH_ROUNDS=$ROUNDS BENCH_STAMP=$STAMP
 export BENCH_W1="${W1_LAYERS}x${W1_LAYER_MIB} MiB" BENCH_W2="${W2_IMAGES} images x ${W2_LAYERS}x${W2_LAYER_MIB} MiB"
 export BENCH_W3="${W3_IMAGES} images x ${W3_KIB} KiB"
 export BENCH_NPROC=$(nproc) BENCH_MEM=$(awk '/MemTotal/ {printf "%.0f", $2 * 1024}' /proc/meminfo)
 export BENCH_KERNEL=$(uname -r) BENCH_CPU=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
-export BENCH_DOCKER=$(docker version --format '{{.Server.Version}}' 2>/dev/null || echo unknown)
-export BENCH_DRIVER=$(docker info --format '{{.Driver}}' 2>/dev/null || echo unknown)
+docker_about() { # classic|containerd
+  DOCKER_HOST=$(daemon_host "$1") docker info --format \
+    '{{.ServerVersion}} ({{.Driver}}{{range .DriverStatus}}{{if eq (index . 0) "driver-type"}}, {{index . 1}}{{end}}{{end}})' \
+    2>/dev/null || echo unknown
+}
+BENCH_DOCKER=$(for d in ${DAEMONS//,/ }; do printf '%s: Docker %s; ' "$d" "$(docker_about "$d")"; done)
+export BENCH_DOCKER=${BENCH_DOCKER%; }
+export BENCH_DAEMONS=$DAEMONS
 export BENCH_FS=$(df -T "$WORK" | awk 'NR == 2 {print $2}')
 export BENCH_SKOPEO=$(skopeo --version 2>/dev/null || echo none)
 export BENCH_COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -483,16 +603,19 @@ rows_file, out = sys.argv[1], sys.argv[2]
 env = os.environ
 rounds = []
 for line in open(rows_file):
-    w, c, r, wall, rss, user, sys_, abytes, fsout, flush = line.rstrip("\n").split("\t")
-    rounds.append(dict(workload=w, contender=c, round=int(r), wall_s=float(wall),
+    w, c, r, wall, rss, user, sys_, abytes, fsout, flush, daemon = line.rstrip("\n").split("\t")
+    rounds.append(dict(workload=w, daemon=daemon, contender=c, round=int(r), wall_s=float(wall),
                        max_rss_kib=int(rss), user_s=float(user), sys_s=float(sys_),
                        cpu_s=round(float(user) + float(sys_), 2), archive_bytes_written=int(abytes),
                        fs_output_bytes=int(fsout), flush_after_s=float(flush)))
 machine = dict(nproc=int(env["BENCH_NPROC"]), memory_bytes=int(env["BENCH_MEM"]),
                cpu=env["BENCH_CPU"], kernel=env["BENCH_KERNEL"], docker=env["BENCH_DOCKER"],
-               storage_driver=env["BENCH_DRIVER"], archive_fs=env["BENCH_FS"],
+               archive_fs=env["BENCH_FS"],
                skopeo=env["BENCH_SKOPEO"], loadavg_at_end=env["BENCH_LOAD"])
-doc = dict(timestamp=env["BENCH_STAMP"], mode=env["BENCH_MODE"], rounds=int(env["BENCH_ROUNDS"]),
+side = env["BENCH_SIDE"]
+if side == "load":
+    machine["load_concurrency"] = env["BENCH_LOAD_CONCURRENCY"]
+doc = dict(timestamp=env["BENCH_STAMP"], mode=env["BENCH_MODE"], side=side, rounds=int(env["BENCH_ROUNDS"]),
            commit=env["BENCH_COMMIT"], machine=machine,
            workloads=dict(W1=env["BENCH_W1"], W2=env["BENCH_W2"], W3=env["BENCH_W3"]),
            results=rounds)
@@ -506,35 +629,43 @@ def human(n):
         n /= 1024
 
 order = ["seed", "warm", "warm-rebuild", "registry", "registry-gz", "skopeo", "load-daemon", "load-registry",
-         "load-registry-gz"]
-lines = [f"Mode `{doc['mode']}`, {doc['rounds']} rounds, commit `{doc['commit']}`, {doc['timestamp']}. "
+         "load-registry-gz", "loop", "load"]
+baseline = "loop" if side == "load" else "seed"
+lines = [f"Mode `{doc['mode']}`{' (load side)' if side == 'load' else ''}, {doc['rounds']} rounds, commit `{doc['commit']}`, {doc['timestamp']}. "
          f"Machine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory_bytes'] / 2**30:.1f} GiB RAM, "
-         f"Linux {machine['kernel']}, Docker {machine['docker']} ({machine['storage_driver']}), "
-         f"archives on {machine['archive_fs']}, skopeo: {machine['skopeo']}. Load average at end: {machine['loadavg_at_end']}.",
+         f"Linux {machine['kernel']}, daemons {machine['docker']}, "
+         f"archives on {machine['archive_fs']}, {'`load --concurrency` ' + machine['load_concurrency'] if side == 'load' else 'skopeo: ' + machine['skopeo']}. Load average at end: {machine['loadavg_at_end']}.",
          "",
-         "| Workload | Contender | Wall (median) | vs seed | Peak RSS | CPU (user+sys) | Archive bytes written | All file writes | Wall min–max |",
-         "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+         f"| Workload | Daemon | Contender | Wall (median) | vs {baseline} | Peak RSS | CPU (user+sys) | Archive bytes written | All file writes | Wall min–max |",
+         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+daemons = env["BENCH_DAEMONS"].split(",") + ["-"]
 for w in ["W1", "W2", "W3", "L-W1", "L-W2"]:
-    rs = [x for x in rounds if x["workload"] == w]
-    if not rs:
-        continue
-    med = lambda c, k: statistics.median(x[k] for x in rs if x["contender"] == c)
-    base = "load-daemon" if w.startswith("L-") else "seed"
-    seed_wall = med(base, "wall_s") if any(x["contender"] == base for x in rs) else None
-    for c in order:
-        if not any(x["contender"] == c for x in rs):
+    for d in daemons:
+        rs = [x for x in rounds if x["workload"] == w and x["daemon"] == d]
+        if not rs:
             continue
-        walls = [x["wall_s"] for x in rs if x["contender"] == c]
-        ratio = f"{med(c, 'wall_s') / seed_wall:.2f}×" if seed_wall else "–"
-        label = f"{w} ({doc['workloads'][w]})" if w in doc["workloads"] else f"{w} (docker load)"
-        lines.append(f"| {label} | {c} | {med(c, 'wall_s'):.2f} s | {ratio} | "
-                     f"{human(med(c, 'max_rss_kib') * 1024)} | {med(c, 'cpu_s'):.2f} s | "
-                     f"{human(med(c, 'archive_bytes_written'))} | {human(med(c, 'fs_output_bytes'))} | "
-                     f"{min(walls):.2f}–{max(walls):.2f} s |")
+        med = lambda c, k: statistics.median(x[k] for x in rs if x["contender"] == c)
+        # Each daemon's contenders against the seed on that daemon; the daemonless ones against
+        # the seed on the first daemon.
+        base = "load-daemon" if w.startswith("L-") else baseline
+        base_rs = rs if d != "-" else [x for x in rounds if x["workload"] == w and x["daemon"] == daemons[0]]
+        base_walls = [x["wall_s"] for x in base_rs if x["contender"] == base]
+        seed_wall = statistics.median(base_walls) if base_walls else None
+        for c in order:
+            if not any(x["contender"] == c for x in rs):
+                continue
+            walls = [x["wall_s"] for x in rs if x["contender"] == c]
+            ratio = f"{med(c, 'wall_s') / seed_wall:.2f}×" if seed_wall else "–"
+            label = f"{w} ({doc['workloads'][w]})" if w in doc["workloads"] else f"{w} (docker load)"
+            lines.append(f"| {label} | {d if d != '-' else 'none'} | {c} | {med(c, 'wall_s'):.2f} s | {ratio} | "
+                         f"{human(med(c, 'max_rss_kib') * 1024)} | {med(c, 'cpu_s'):.2f} s | "
+                         f"{human(med(c, 'archive_bytes_written'))} | {human(med(c, 'fs_output_bytes'))} | "
+                         f"{min(walls):.2f}–{max(walls):.2f} s |")
 text = "\n".join(lines) + "\n"
-for path in (out + ".md", os.path.join(os.path.dirname(out), "latest.md")):
+latest = "latest-load.md" if side == "load" else "latest.md"
+for path in (out + ".md", os.path.join(os.path.dirname(out), latest)):
     with open(path, "w") as f:
         f.write(text)
 print(text)
 PY
-echo "raw rounds: ${OUT#"$ROOT"/}.json, table: ${OUT#"$ROOT"/}.md and bench/results/latest.md" >&2
+echo "raw rounds: ${OUT#"$ROOT"/}.json, table: ${OUT#"$ROOT"/}.md and bench/results/latest$([ "$LOAD" = 1 ] && echo -load).md" >&2

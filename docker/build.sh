@@ -86,8 +86,10 @@ DOCKER_BUILDKIT=0 docker build -q \
   --build-arg "VERSION=$version" --build-arg "REVISION=$revision" \
   -t "$image" "$context" >/dev/null
 # The image this tag replaced (another binary or revision) would linger untagged: remove it unless
-# something else still uses it.
-if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect --format '{{.Id}}' "$image")" ]; then
+# something else still uses it. Only when no tag is left on it: removing an image by ID removes every
+# tag of its repository, and another checkout's image-preloader:<TAG> may be the same image.
+if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect --format '{{.Id}}' "$image")" ] \
+  && [ "$(docker image inspect --format '{{len .RepoTags}}' "$previous" 2>/dev/null)" = 0 ]; then
   docker image rm "$previous" >/dev/null 2>&1 || true
 fi
 

@@ -16,6 +16,10 @@ AUTH_REGISTRY_STATE=/var/tmp/image-preloader-test/auth-registry
 step() { printf '\n==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+# The services below are started with `setsid`, in a session of their own: other checkouts' runs
+# reuse them, so stopping the run that started them (a signal to its process group, ^C) must not
+# stop them too.
+
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
     die "need root to run: $*"
@@ -29,6 +33,9 @@ ensure_packages() {
   command -v dockerd >/dev/null || missing+=(docker.io)
   command -v docker-registry >/dev/null || missing+=(docker-registry)
   dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+  # The second daemon (ensure_containerd_dockerd) runs Debian 12's runc and static tini.
+  [ -x /usr/sbin/runc ] || missing+=(runc)
+  [ -x /usr/bin/tini-static ] || missing+=(tini)
   [ -x /usr/bin/time ] || missing+=(time)
   command -v curl >/dev/null || missing+=(curl)
   command -v htpasswd >/dev/null || missing+=(apache2-utils)
@@ -45,13 +52,101 @@ ensure_dockerd() {
   if docker info >/dev/null 2>&1; then return; fi
   [ -z "${DOCKER_HOST:-}" ] || die "no Docker daemon answers at DOCKER_HOST=$DOCKER_HOST"
   step "starting dockerd (log: $STATE/dockerd.log)"
-  as_root sh -c "nohup dockerd --host unix:///var/run/docker.sock >'$STATE/dockerd.log' 2>&1 &"
+  as_root sh -c "setsid nohup dockerd --host unix:///var/run/docker.sock >'$STATE/dockerd.log' 2>&1 </dev/null &"
   for _ in $(seq 1 120); do
     if docker info >/dev/null 2>&1; then return; fi
     sleep 0.5
   done
   tail -n 30 "$STATE/dockerd.log" >&2 || true
   die "dockerd did not start within 60 s"
+}
+
+# The second daemon: a current engine with the containerd image store (what a fresh `docker:29-dind`
+# runs), beside the first one and sharing nothing with it. Debian 13's docker.io (26.1.5) and
+# containerd (1.7.x) packages are fetched with `apt-get download` through a private sources list and
+# unpacked, never installed; their dockerd, containerd and shim run on Debian 12's glibc, their runc
+# and dynamic tini do not, so Debian 12's runc and tini-static take their place. Everything lives in
+# one fixed place per machine, so every checkout (and the benchmark) shares one instance:
+#   $CSTORE_LIB   engine files, data root, config, log    $CSTORE_RUN   socket, pid file, exec root
+# An instance already answering on the socket is reused.
+CSTORE_LIB=/var/lib/image-preloader-test
+CSTORE_RUN=/run/image-preloader-test
+export IMAGE_PRELOADER_TEST_DOCKER_HOST_CONTAINERD="${IMAGE_PRELOADER_TEST_DOCKER_HOST_CONTAINERD:-unix://$CSTORE_RUN/docker.sock}"
+CSTORE_SUITE=trixie
+CSTORE_MIRROR="${IMAGE_PRELOADER_TEST_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+
+cstore_docker() { DOCKER_HOST=$IMAGE_PRELOADER_TEST_DOCKER_HOST_CONTAINERD docker "$@"; }
+
+# Fetches and unpacks the engine into $CSTORE_LIB/engine (once); its bin/ is the daemon's PATH.
+cstore_fetch_engine() {
+  local engine=$CSTORE_LIB/engine
+  if [ -x "$engine/bin/dockerd" ] && [ -x "$engine/bin/containerd" ]; then return; fi
+  step "fetching docker.io and containerd from Debian $CSTORE_SUITE into $engine"
+  rm -rf "$engine" && mkdir -p "$engine"/{apt/lists/partial,apt/cache/archives/partial,debs,root,bin}
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $CSTORE_MIRROR $CSTORE_SUITE main" \
+    >"$engine/apt/sources.list"
+  local apt_opts=(
+    -o "Dir::Etc::sourcelist=$engine/apt/sources.list" -o "Dir::Etc::sourceparts=-"
+    -o "Dir::State::Lists=$engine/apt/lists" -o "Dir::Cache=$engine/apt/cache"
+    -o "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false" -o "APT::Sandbox::User=root"
+  )
+  apt-get "${apt_opts[@]}" update -q >/dev/null || die "apt-get update of $CSTORE_SUITE failed"
+  (cd "$engine/debs" && apt-get "${apt_opts[@]}" download -q docker.io containerd >/dev/null) \
+    || die "apt-get download docker.io containerd ($CSTORE_SUITE) failed"
+  local deb
+  for deb in "$engine"/debs/*.deb; do dpkg-deb -x "$deb" "$engine/root"; done
+  local f
+  for f in dockerd docker-proxy; do ln -sf "$engine/root/usr/sbin/$f" "$engine/bin/$f"; done
+  for f in containerd containerd-shim-runc-v2 ctr; do ln -sf "$engine/root/usr/bin/$f" "$engine/bin/$f"; done
+  ln -sf /usr/sbin/runc "$engine/bin/runc"
+  ln -sf /usr/bin/tini-static "$engine/bin/docker-init"
+  "$engine/bin/dockerd" --version >/dev/null || die "the unpacked dockerd does not run"
+  rm -rf "$engine/apt/cache" "$engine/apt/lists"
+}
+
+ensure_containerd_dockerd() {
+  if cstore_docker info >/dev/null 2>&1; then return; fi
+  local host=$IMAGE_PRELOADER_TEST_DOCKER_HOST_CONTAINERD
+  [ "$host" = "unix://$CSTORE_RUN/docker.sock" ] \
+    || die "no Docker daemon answers at IMAGE_PRELOADER_TEST_DOCKER_HOST_CONTAINERD=$host"
+  [ "$(id -u)" = 0 ] || die "starting the containerd-store daemon needs root (as the tests do)"
+  mkdir -p "$CSTORE_LIB" "$CSTORE_RUN"
+  # Two checkouts starting at once: one starts it, the other waits and reuses it.
+  exec {lock}>"$CSTORE_LIB/start.lock"
+  flock "$lock"
+  if ! cstore_docker info >/dev/null 2>&1; then
+    cstore_fetch_engine
+    local engine=$CSTORE_LIB/engine
+    cat >"$CSTORE_LIB/daemon.json" <<'EOF'
+{"features": {"containerd-snapshotter": true}}
+EOF
+    step "starting dockerd $("$engine/bin/dockerd" --version | sed 's/^Docker version //') with the containerd image store on $host (log: $CSTORE_LIB/dockerd.log)"
+    env PATH="$engine/bin:/usr/sbin:/usr/bin:/sbin:/bin" setsid nohup "$engine/bin/dockerd" \
+      --config-file "$CSTORE_LIB/daemon.json" \
+      --host "$host" \
+      --data-root "$CSTORE_LIB/docker" \
+      --exec-root "$CSTORE_RUN/exec" \
+      --pidfile "$CSTORE_RUN/dockerd.pid" \
+      --containerd-namespace image-preloader-test \
+      --containerd-plugins-namespace image-preloader-test-plugins \
+      --cgroup-parent image-preloader-test \
+      --bridge none --iptables=false --ip6tables=false \
+      >>"$CSTORE_LIB/dockerd.log" 2>&1 </dev/null &
+    local ok=
+    for _ in $(seq 1 120); do
+      if cstore_docker info >/dev/null 2>&1; then ok=1; break; fi
+      sleep 0.5
+    done
+    if [ -z "$ok" ]; then
+      flock -u "$lock"
+      tail -n 30 "$CSTORE_LIB/dockerd.log" >&2 || true
+      die "dockerd with the containerd image store did not start on $host within 60 s"
+    fi
+  fi
+  flock -u "$lock"
+  exec {lock}>&-
+  cstore_docker info --format '{{json .DriverStatus}}' | grep -q io.containerd.snapshotter \
+    || die "the daemon at $host does not use the containerd image store"
 }
 
 # A registry (distribution 2.8) on $IMAGE_PRELOADER_TEST_REGISTRY, started if none answers.
@@ -72,7 +167,7 @@ storage:
 http:
   addr: $addr
 EOF
-  nohup docker-registry serve "$STATE/registry.yml" >"$STATE/registry.log" 2>&1 &
+  setsid nohup docker-registry serve "$STATE/registry.yml" >"$STATE/registry.log" 2>&1 </dev/null &
   for _ in $(seq 1 60); do
     if curl -fsS "http://$addr/v2/" >/dev/null 2>&1; then return; fi
     sleep 0.5
@@ -113,7 +208,7 @@ auth:
 http:
   addr: $addr
 YAML
-  nohup docker-registry serve "$state/registry.yml" >"$state/registry.log" 2>&1 &
+  setsid nohup docker-registry serve "$state/registry.yml" >"$state/registry.log" 2>&1 </dev/null &
   for _ in $(seq 1 60); do
     if [ "$(auth_registry_status)" = 401 ]; then return; fi
     sleep 0.5

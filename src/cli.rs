@@ -1,5 +1,6 @@
 //! The command line, as clap parses it. [`crate::config`] turns it into a validated configuration.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,7 +19,8 @@ Exit codes:
      with --strict, an archive missing, damaged, not loadable or cut by --deadline (`load`)
   2  usage or configuration error (invalid reference or one too long for a file name, two
      references mapping to one archive, an images file that is unreadable or not a regular file,
-     a --dir that is not a directory), detected before any pull or write
+     a --dir that is not a directory, a --listen address that cannot be bound),
+     detected before any pull or write
   3  the Docker daemon did not answer within --wait-timeout
   130 interrupted (`warm` or `load` stopped by a signal)";
 
@@ -58,6 +60,10 @@ pub enum CliCommand {
     /// Read every archive back: recompute checksums, check completeness and compare with the
     /// records. Damaged archives are marked so the next pass rebuilds them.
     Verify(VerifyArgs),
+    /// Show every archive in --dir (reference, size, age, digest, freshness, problems) from its
+    /// files alone: no daemon, nothing read through or written. With a list, also the listed
+    /// images not yet built.
+    Status(StatusArgs),
     /// The runner side: load archives into a daemon. Each archive is checked as it streams
     /// (complete, matching its record) and the daemon only keeps it if the check passes; images the
     /// daemon already has are skipped. Problem archives are reported and skipped (exit 0 unless
@@ -259,6 +265,11 @@ pub struct RunArgs {
     /// Time between checks of the image list: seconds, or a duration such as `1h` or `30m`.
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_positive_duration, env = "IMAGE_PRELOADER_INTERVAL")]
     pub interval: Duration,
+
+    /// Serve /healthz, /readyz and /metrics (Prometheus) over HTTP on this address, e.g.
+    /// `0.0.0.0:9090` [default: no server].
+    #[arg(long, value_name = "ADDR", env = "IMAGE_PRELOADER_LISTEN")]
+    pub listen: Option<SocketAddr>,
 }
 
 /// `warm` options.
@@ -305,8 +316,9 @@ pub struct LoadArgs {
     #[command(flatten)]
     pub daemon: DaemonArgs,
 
-    /// Archives loaded at once.
-    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64), env = "IMAGE_PRELOADER_CONCURRENCY")]
+    /// Archives loaded at once: their uploads and the daemon's unpacking overlap (memory grows by
+    /// about 7 MiB per archive in flight).
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64), env = "IMAGE_PRELOADER_CONCURRENCY")]
     pub concurrency: u16,
 
     /// Exit 1 if any archive is missing, damaged, could not be loaded or was cut by --deadline.
@@ -331,6 +343,40 @@ pub struct LoadArgs {
 pub struct VerifyArgs {
     #[command(flatten)]
     pub dir: DirArg,
+}
+
+/// `status` output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// A table for people.
+    Table,
+    /// A JSON array, one object per archive.
+    Json,
+}
+
+/// `status` options.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub images: ImagesArgs,
+
+    #[command(flatten)]
+    pub dir: DirArg,
+
+    /// The refresh age to judge freshness by, in days (as for `run`); 0 means every archive is
+    /// due, a negative value that none ever is.
+    #[arg(
+        long,
+        value_name = "DAYS",
+        default_value_t = 7,
+        allow_negative_numbers = true,
+        env = "IMAGE_PRELOADER_MAX_IMAGE_AGE"
+    )]
+    pub max_image_age: i64,
+
+    /// Output format.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = OutputFormat::Table, env = "IMAGE_PRELOADER_OUTPUT")]
+    pub output: OutputFormat,
 }
 
 /// Seconds (`90`) or a duration (`90s`, `2m`, `1h30m`).

@@ -1,12 +1,14 @@
 //! The validated configuration, built from the command line before any work starts.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::app::reload::ListSource;
 use crate::cli::{
-    CliCommand, DaemonArgs, ImagesArgs, LayersArg, LoadArgs, ModeArg, PreloadArgs, RefreshPolicyArg,
-    SourceArgs,
+    CliCommand, DaemonArgs, ImagesArgs, LayersArg, LoadArgs, ModeArg, OutputFormat, PreloadArgs,
+    RefreshPolicyArg, SourceArgs,
 };
 use crate::daemon::{self, DockerError};
 use crate::image::list::{self, ImageListError, ImageSpec};
@@ -44,6 +46,17 @@ pub enum Config {
     },
     /// Load archives into a daemon.
     Load(LoadConfig),
+    /// Show what the directory holds.
+    Status {
+        /// The archive directory.
+        dir: PathBuf,
+        /// The image list, if one was given.
+        images: Option<Vec<ImageSpec>>,
+        /// The refresh limit freshness is judged by (`None`: never refreshed).
+        max_age: Option<Duration>,
+        /// Output format.
+        output: OutputFormat,
+    },
 }
 
 /// `load` settings.
@@ -148,6 +161,10 @@ pub struct RunConfig {
     pub preload: PreloadConfig,
     /// Time between passes.
     pub interval: Duration,
+    /// Where to serve health, readiness and metrics, if anywhere.
+    pub listen: Option<SocketAddr>,
+    /// With `--images-file`: where to read the list again when the file changes.
+    pub reload: Option<ListSource>,
 }
 
 /// A configuration error: exit code 2.
@@ -196,13 +213,37 @@ impl TryFrom<CliCommand> for Config {
 
     fn try_from(command: CliCommand) -> Result<Config, ConfigError> {
         Ok(match command {
-            CliCommand::Run(args) => Config::Run(RunConfig {
-                preload: preload_config(args.preload, Mode::Daemon)?,
-                interval: args.interval,
-            }),
+            CliCommand::Run(args) => {
+                let reload = args
+                    .preload
+                    .images
+                    .images_file
+                    .clone()
+                    .map(|file| ListSource { arguments: args.preload.images.images.clone(), file });
+                Config::Run(RunConfig {
+                    preload: preload_config(args.preload, Mode::Daemon)?,
+                    interval: args.interval,
+                    listen: args.listen,
+                    reload,
+                })
+            }
             CliCommand::Warm(args) => Config::Warm(preload_config(args.preload, Mode::Auto)?),
             CliCommand::Path(args) => Config::Path { images: path_list(&args.images)?, record: args.record },
             CliCommand::Verify(args) => Config::Verify { dir: check_dir(args.dir.dir, true)? },
+            CliCommand::Status(args) => {
+                let listed = !args.images.images.is_empty() || args.images.images_file.is_some();
+                let images = if listed {
+                    Some(list::load(&args.images.images, args.images.images_file.as_deref())?.images)
+                } else {
+                    None
+                };
+                Config::Status {
+                    dir: args.dir.dir,
+                    images,
+                    max_age: MaxAge::from_days(args.max_image_age).limit(),
+                    output: args.output,
+                }
+            }
             CliCommand::Load(args) => Config::Load(load_config(args)?),
         })
     }

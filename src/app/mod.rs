@@ -3,6 +3,9 @@
 
 mod load;
 mod preload;
+pub mod reload;
+mod serve;
+mod status;
 mod verify;
 
 use std::io::Write;
@@ -39,6 +42,8 @@ pub enum Exit {
 pub enum AppError {
     #[error(transparent)]
     Docker(#[from] DockerError),
+    #[error(transparent)]
+    Serve(#[from] serve::ServeError),
     #[error("{failed} of {total} images failed")]
     ImagesFailed { failed: usize, total: usize },
     #[error("interrupted; the work under way was abandoned")]
@@ -61,6 +66,7 @@ impl AppError {
         match self {
             AppError::Docker(DockerError::UnsupportedHost { .. })
             | AppError::Registry(_)
+            | AppError::Serve(_)
             | AppError::Credentials(_) => Exit::Usage,
             AppError::Docker(DockerError::Unavailable { .. }) => Exit::DaemonUnavailable,
             AppError::Docker(DockerError::Interrupted { .. }) | AppError::Interrupted => Exit::Interrupted,
@@ -80,6 +86,7 @@ pub async fn execute(config: Config, shutdown: CancellationToken) -> Result<(), 
             Ok(())
         }
         Config::Verify { dir } => verify::verify(dir).await,
+        Config::Status { dir, images, max_age, output } => status::status(dir, images, max_age, output).await,
         Config::Load(config) => load::load(config, shutdown).await,
         Config::Warm(config) => preload::warm(config, shutdown).await,
         Config::Run(config) => preload::run(config, shutdown).await,

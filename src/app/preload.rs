@@ -11,12 +11,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::app::AppError;
+use crate::app::reload;
+use crate::app::serve::Server;
 use crate::config::{Mode, PreloadConfig, RunConfig};
 use crate::daemon::{DockerDaemon, DockerError};
 use crate::image::list::ImageSpec;
 use crate::preload::cycle;
 use crate::preload::pass::Preloader;
-use crate::preload::status::StatusFeed;
+use crate::preload::status::{StatusFeed, liveness_bound};
 use crate::registry::client::{ClientOptions, RegistryClient};
 use crate::registry::manifest::host_platform;
 use crate::registry::{CredentialSet, CredentialsError, Keyring, RegistryHost, Reloaded};
@@ -230,55 +232,95 @@ pub(super) async fn warm(config: PreloadConfig, shutdown: CancellationToken) -> 
     }
 }
 
-/// The sidecar: its tasks live in one [`JoinSet`] under the one shutdown token. Today the only
-/// task is the loop; a server reading the status feed is another. When any task ends, the others
-/// are asked to stop and awaited.
+/// The sidecar: its tasks live in one [`JoinSet`] under the one shutdown token: the loop, with
+/// `--images-file` the watcher that hands it a changed list, and with `--listen` the HTTP server
+/// reading the status feed. The server is bound before anything
+/// else (a bad address is refused at once), answers while the daemon is awaited, and stops last:
+/// when the loop ends, the others are asked to stop and awaited.
 pub(super) async fn run(config: RunConfig, shutdown: CancellationToken) -> Result<(), AppError> {
+    let feed = StatusFeed::new();
+    let mut tasks = JoinSet::new();
+    let server_stop = CancellationToken::new();
+    if let Some(addr) = config.listen {
+        let bound = liveness_bound(config.interval, config.preload.wait_timeout);
+        let server = Server::bind(addr, feed.clone(), bound).await?;
+        tasks.spawn(server.run(server_stop.clone()));
+    }
+    feed.set_list(&config.preload.images);
+    let waiting = std::time::Instant::now();
     let prepared = match prepare(&config.preload, &shutdown).await {
         Ok(prepared) => Arc::new(prepared),
         // Shutdown while waiting for the daemon is a normal end for the sidecar.
-        Err(AppError::Docker(DockerError::Interrupted { .. })) => return Ok(()),
-        Err(e) => return Err(e),
+        Err(AppError::Docker(DockerError::Interrupted { .. })) => return stop(tasks, server_stop).await,
+        Err(e) => {
+            let _ = stop(tasks, server_stop).await;
+            return Err(e);
+        }
     };
-    let (_list, images) = watch::channel(config.preload.images.clone());
-    let feed = StatusFeed::new();
-    let mut tasks = JoinSet::new();
-    {
+    feed.metrics().daemon_waited(waiting.elapsed());
+    let (list, images) = watch::channel(config.preload.images.clone());
+    if let Some(source) = config.reload.clone() {
+        tasks.spawn(reload::watch_list(source, list, feed.clone(), reload::POLL, shutdown.clone()));
+    }
+    let loop_task = {
         let current = images.clone();
         let (interval, cancel, prune) = (config.interval, shutdown.clone(), config.preload.prune);
         let feed = feed.clone();
-        tasks.spawn(async move {
-            let pass_cancel = cancel.clone();
-            let mut first = true;
-            cycle::run(images, interval, cancel, feed, |due| {
-                let prepared = Arc::clone(&prepared);
-                let cancel = pass_cancel.clone();
-                let current = current.clone();
-                // The first pass uses what `prepare` just read.
-                let reread = !std::mem::take(&mut first);
-                async move {
-                    if reread {
-                        prepared.refresh_credentials().await;
+        tasks
+            .spawn(async move {
+                let pass_cancel = cancel.clone();
+                let observer = feed.clone();
+                let mut first = true;
+                cycle::run(images, interval, cancel, feed, |due| {
+                    let prepared = Arc::clone(&prepared);
+                    let cancel = pass_cancel.clone();
+                    let current = current.clone();
+                    let observer = observer.clone();
+                    // The first pass uses what `prepare` just read.
+                    let reread = !std::mem::take(&mut first);
+                    async move {
+                        if reread {
+                            prepared.refresh_credentials().await;
+                        }
+                        let preloader = &prepared.preloader;
+                        let report = preloader
+                            .pass_observed(&due, &cancel, |image, outcome| {
+                                observer.record_image(image, outcome)
+                            })
+                            .await;
+                        if prune && !cancel.is_cancelled() {
+                            let listed = current.borrow().clone();
+                            prune_unlisted(preloader.store(), &listed).await;
+                        }
+                        report
                     }
-                    let preloader = &prepared.preloader;
-                    let report = preloader.pass(&due, &cancel).await;
-                    if prune && !cancel.is_cancelled() {
-                        let listed = current.borrow().clone();
-                        prune_unlisted(preloader.store(), &listed).await;
-                    }
-                    report
-                }
+                })
+                .await;
             })
-            .await;
-        });
-    }
-    while let Some(ended) = tasks.join_next().await {
-        if let Err(e) = ended
-            && e.is_panic()
-        {
-            error!("a task panicked: {e}");
-        }
+            .id()
+    };
+    while let Some(ended) = tasks.join_next_with_id().await {
+        let id = match ended {
+            Ok((id, ())) => id,
+            Err(e) => {
+                if e.is_panic() {
+                    error!("a task panicked: {e}");
+                }
+                e.id()
+            }
+        };
         shutdown.cancel();
+        // The server stops last: once the loop has ended.
+        if id == loop_task {
+            server_stop.cancel();
+        }
     }
+    Ok(())
+}
+
+/// Stops the server (and any other task) and waits for them.
+async fn stop(mut tasks: JoinSet<()>, server_stop: CancellationToken) -> Result<(), AppError> {
+    server_stop.cancel();
+    while tasks.join_next().await.is_some() {}
     Ok(())
 }

@@ -173,6 +173,7 @@ async fn load_one(
     };
 
     // Skip what the daemon has: the images are known from the headers, without reading layers.
+    let mut walked_tags = None;
     let opened = if opened.regular {
         let (opened, walked) = blocking(move || {
             let walked = opened.walk();
@@ -186,14 +187,24 @@ async fn load_one(
             return LoadOutcome::Failed(why);
         }
         match walked {
-            Ok(contents) => match daemon.has_images(&contents).await {
-                Ok(true) => {
-                    info!("already present in the daemon");
-                    return LoadOutcome::Present;
+            Ok(contents) => {
+                // The registry digest the archive was built from is the ID of the pulled image on
+                // the containerd image store.
+                let also: Vec<String> =
+                    opened.record.as_ref().and_then(|r| r.repo_digest.clone()).into_iter().collect();
+                match daemon.has_images(&contents, &also).await {
+                    Ok(true) => {
+                        info!("already present in the daemon");
+                        return LoadOutcome::Present;
+                    }
+                    Ok(false) => {}
+                    Err(e) => warn!("cannot tell whether the daemon has it, loading: {e}"),
                 }
-                Ok(false) => {}
-                Err(e) => warn!("cannot tell whether the daemon has it, loading: {e}"),
-            },
+                match daemon.tag_ids(&contents).await {
+                    Ok(tags) => walked_tags = Some((contents, tags)),
+                    Err(e) => warn!("{e}"),
+                }
+            }
             Err(problem) => return report(problem),
         }
         opened
@@ -230,6 +241,15 @@ async fn load_one(
         }
         (_, Err(e)) => {
             error!("{e}");
+            if let Some((contents, before)) = &walked_tags {
+                match daemon.untag_refused(contents, before).await {
+                    Ok(done) if !done.is_empty() => {
+                        warn!("the daemon tagged the image it could not load; {}", done.join(", "))
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!("the daemon may have tagged the image it could not load: {e}"),
+                }
+            }
             LoadOutcome::Failed(e.to_string())
         }
         (Verdict::Abandoned, Ok(_)) => {
@@ -459,4 +479,129 @@ fn read_and_check(
         return Verdict::Abandoned;
     }
     Verdict::Checked { size }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::tar::tests::TarBuilder;
+
+    const CONFIG: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+
+    /// A complete classic archive whose layer is `layer_bytes` long.
+    fn archive(layer_bytes: usize) -> Vec<u8> {
+        let manifest =
+            format!(r#"[{{"Config":"{CONFIG}.json","RepoTags":["app:1"],"Layers":["aaa/layer.tar"]}}]"#);
+        TarBuilder::default()
+            .dir("aaa/")
+            .file("aaa/layer.tar", &vec![7u8; layer_bytes])
+            .file(&format!("{CONFIG}.json"), b"{}")
+            .file("manifest.json", manifest.as_bytes())
+            .end()
+    }
+
+    fn file_with(bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app_1.tar");
+        std::fs::write(&path, bytes).unwrap();
+        (dir, path)
+    }
+
+    fn record_for(bytes: &[u8]) -> Record {
+        serde_json::from_value(serde_json::json!({
+            "format": 1, "reference": "app:1", "repo_digest": null, "image_id": null,
+            "layout": "classic", "size": bytes.len(), "sha256": hex(&Sha256::digest(bytes)),
+            "created": "2026-01-01T00:00:00Z", "checked": "2026-01-01T00:00:00Z", "tool": "test",
+        }))
+        .unwrap()
+    }
+
+    /// Runs the reader; returns its verdict, the bytes it sent and whether the stream ended with
+    /// an error (as the upload then does).
+    fn read(bytes: &[u8], record: Option<&Record>) -> (Verdict, Vec<u8>, bool) {
+        let (_dir, path) = file_with(bytes);
+        let (tx, mut rx) = mpsc::channel(1024);
+        let verdict = read_and_check(File::open(&path).unwrap(), record, &tx);
+        if let Verdict::Problem(problem) = &verdict {
+            tx.blocking_send(Err(io::Error::other(problem.to_string()))).unwrap();
+        }
+        drop(tx);
+        let (mut sent, mut aborted) = (Vec::new(), false);
+        while let Some(item) = rx.blocking_recv() {
+            match item {
+                Ok(chunk) => sent.extend_from_slice(&chunk),
+                Err(_) => aborted = true,
+            }
+        }
+        (verdict, sent, aborted)
+    }
+
+    #[test]
+    fn a_good_archive_is_sent_whole_after_its_check() {
+        // Several read chunks, so the marker arrives in a later chunk than the data.
+        let bytes = archive(READ_CHUNK * 2 + 5000);
+        let record = record_for(&bytes);
+        let (verdict, sent, aborted) = read(&bytes, Some(&record));
+        assert!(matches!(verdict, Verdict::Checked { size } if size == bytes.len() as u64), "{verdict:?}");
+        assert_eq!(sent, bytes);
+        assert!(!aborted);
+    }
+
+    #[test]
+    fn a_failed_check_never_sends_the_end_of_the_archive() {
+        let bytes = archive(READ_CHUNK + 100);
+        let marker = bytes.len() - 1024;
+        // Changed after the record was written: same size, other checksum.
+        let record = record_for(&bytes);
+        let mut changed = bytes.clone();
+        changed[5000] ^= 1; // in the layer data
+        let (verdict, sent, aborted) = read(&changed, Some(&record));
+        assert!(matches!(&verdict, Verdict::Problem(ArchiveProblem::Damaged(why)) if why.contains("sha256")));
+        assert!(aborted, "the upload ends with an error");
+        assert_eq!(sent, changed[..marker], "everything but the end-of-archive marker was sent");
+
+        // Truncated inside the layer: nothing after the last whole chunk, and an abort.
+        let (verdict, sent, aborted) = read(&bytes[..READ_CHUNK + 300], None);
+        assert!(
+            matches!(&verdict, Verdict::Problem(ArchiveProblem::Damaged(why)) if why.contains("ends early"))
+        );
+        assert!(aborted && sent.len() <= READ_CHUNK + 300);
+
+        // No end-of-archive marker at all: all bytes go, but the upload is aborted, not ended.
+        let (verdict, _, aborted) = read(&bytes[..marker], None);
+        assert!(matches!(verdict, Verdict::Problem(_)) && aborted);
+    }
+
+    #[test]
+    fn the_header_walk_finds_the_images_and_refuses_a_truncated_archive() {
+        let bytes = archive(3 * WALK_CHUNK);
+        let (_dir, path) = file_with(&bytes);
+        let opened = Opened::open(&path).unwrap();
+        let contents = opened.walk().unwrap();
+        assert_eq!(contents.images[0].repo_tags, ["app:1"]);
+        assert_eq!(contents.images[0].config_digest.as_deref(), Some(&*format!("sha256:{CONFIG}")));
+
+        let (_dir, path) = file_with(&bytes[..bytes.len() - 2048]);
+        let walked = Opened::open(&path).unwrap().walk();
+        assert!(matches!(walked, Err(ArchiveProblem::Damaged(why)) if why.contains("ends early")));
+    }
+
+    #[test]
+    fn open_tells_missing_from_damaged_records() {
+        let bytes = archive(10);
+        let (dir, path) = file_with(&bytes);
+        assert_eq!(Opened::open(&dir.path().join("nope.tar")).unwrap_err(), ArchiveProblem::Missing);
+        let mut record = record_for(&bytes);
+        record.size += 1;
+        std::fs::write(crate::store::names::record_path(&path), serde_json::to_vec(&record).unwrap())
+            .unwrap();
+        assert!(
+            matches!(Opened::open(&path), Err(ArchiveProblem::Damaged(why)) if why.contains("record says"))
+        );
+        std::fs::write(crate::store::names::record_path(&path), b"{").unwrap();
+        assert!(
+            matches!(Opened::open(&path), Err(ArchiveProblem::Damaged(why)) if why.contains("unreadable"))
+        );
+        assert!(matches!(Opened::open(dir.path()), Err(ArchiveProblem::Unreadable(_))));
+    }
 }

@@ -6,7 +6,9 @@ pub mod load;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
-use bollard::query_parameters::ImportImageOptionsBuilder;
+use bollard::query_parameters::{
+    ImportImageOptionsBuilder, RemoveImageOptionsBuilder, TagImageOptionsBuilder,
+};
 use bytes::Bytes;
 use futures_util::stream::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -148,18 +150,85 @@ impl DockerDaemon {
         &self.client
     }
 
-    /// Whether the daemon has every image of an archive, under every tag the archive would apply.
-    pub async fn has_images(&self, contents: &ArchiveContents) -> Result<bool, CallError> {
+    /// Whether the daemon has every image of an archive, under every tag the archive would apply:
+    /// each tag (for an untagged image, one of its IDs) resolves to an ID the image gets when
+    /// loaded ([`crate::format::layout::ArchivedImage::loaded_ids`]: the config digest on the classic image store, a
+    /// manifest digest on the containerd image store) or to one of `also`, IDs known to be the same
+    /// content (the registry digest the archive was built from: the ID of the pulled image on the
+    /// containerd store).
+    pub async fn has_images(&self, contents: &ArchiveContents, also: &[String]) -> Result<bool, CallError> {
         for image in &contents.images {
-            let Some(id) = &image.config_digest else { return Ok(false) };
-            let Some(found) = self.image_id(id).await? else { return Ok(false) };
+            let same = |id: &String| image.loaded_ids.contains(id) || also.contains(id);
+            if image.repo_tags.is_empty() {
+                let mut found = false;
+                for id in image.loaded_ids.iter().chain(also) {
+                    if self.image_id(id).await?.as_ref().is_some_and(same) {
+                        found = true;
+                        break;
+                    }
+                }
+                if !found {
+                    return Ok(false);
+                }
+            }
             for tag in &image.repo_tags {
-                if self.image_id(tag).await?.as_ref() != Some(&found) {
+                if !self.image_id(tag).await?.as_ref().is_some_and(same) {
                     return Ok(false);
                 }
             }
         }
         Ok(!contents.images.is_empty())
+    }
+
+    /// The image ID each tag of the archive resolves to now (`None`: no such image).
+    pub async fn tag_ids(
+        &self,
+        contents: &ArchiveContents,
+    ) -> Result<Vec<(String, Option<String>)>, CallError> {
+        let mut tags = Vec::new();
+        for tag in contents.images.iter().flat_map(|i| &i.repo_tags) {
+            tags.push((tag.clone(), self.image_id(tag).await?));
+        }
+        Ok(tags)
+    }
+
+    /// After a load the daemon refused: each tag that now names an image of the archive (the
+    /// containerd image store tags an image whose layers then fail to unpack) is put back on the
+    /// image it named before (`before`, from [`DockerDaemon::tag_ids`]), or removed. Returns what
+    /// was done, one line per tag.
+    pub async fn untag_refused(
+        &self,
+        contents: &ArchiveContents,
+        before: &[(String, Option<String>)],
+    ) -> Result<Vec<String>, CallError> {
+        let ids: Vec<&String> = contents.images.iter().flat_map(|i| &i.loaded_ids).collect();
+        let mut done = Vec::new();
+        for (tag, old) in before {
+            let now = self.image_id(tag).await?;
+            let Some(now) = now.filter(|now| Some(now) != old.as_ref() && ids.contains(&now)) else {
+                continue;
+            };
+            match old {
+                Some(old) => {
+                    let (repo, name_tag) = split_tag(tag);
+                    let options = TagImageOptionsBuilder::default().repo(repo).tag(name_tag).build();
+                    self.client
+                        .tag_image(old, Some(options))
+                        .await
+                        .map_err(|e| CallError::new(format!("tagging {old} as {tag}"), e))?;
+                    done.push(format!("{tag} names {old} again (not the refused {now})"));
+                }
+                None => {
+                    let options = RemoveImageOptionsBuilder::default().build();
+                    self.client
+                        .remove_image(tag, Some(options), None)
+                        .await
+                        .map_err(|e| CallError::new(format!("removing the tag {tag}"), e))?;
+                    done.push(format!("removed {tag} (the refused {now})"));
+                }
+            }
+        }
+        Ok(done)
     }
 
     /// The ID of the image `name` resolves to, or `None` if the daemon has no such image.
@@ -200,6 +269,14 @@ impl DockerDaemon {
             return Err(load_err("the daemon reported no loaded image".into()));
         }
         Ok(loaded)
+    }
+}
+
+/// `registry:5000/team/app:1` → (`registry:5000/team/app`, `1`); a name without a tag gets `latest`.
+fn split_tag(name: &str) -> (&str, &str) {
+    match name.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+        _ => (name, "latest"),
     }
 }
 
@@ -262,6 +339,13 @@ pub fn registry_auth(lookup: &Lookup) -> Option<bollard::auth::DockerCredentials
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tags_split_after_the_registry_port() {
+        assert_eq!(split_tag("registry:5000/team/app:1"), ("registry:5000/team/app", "1"));
+        assert_eq!(split_tag("registry:5000/team/app"), ("registry:5000/team/app", "latest"));
+        assert_eq!(split_tag("app:1.0"), ("app", "1.0"));
+    }
 
     #[test]
     fn registry_auth_header_is_url_safe() {

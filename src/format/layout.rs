@@ -8,8 +8,14 @@
 //! An archive is complete when every file `manifest.json` references resolves to a regular file
 //! and, for the OCI layout, every blob `index.json` references (and, for a single-platform image,
 //! every blob of that manifest) is present with the size its descriptor states.
+//!
+//! The check also works out the IDs a daemon gives each image once it has loaded the archive: the
+//! config digest on the classic image store; on the containerd image store the digest of the
+//! manifest (or index) `index.json` lists for it, or, for a classic-layout archive, the digest of
+//! the manifest the store makes of `manifest.json` while loading.
 
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use crate::format::tar::{EntryKind, TarListing};
 use crate::platform::Platform;
@@ -42,6 +48,10 @@ fn top_file<'a>(listing: &'a TarListing, path: &'static str) -> Result<Option<&'
     }
 }
 
+fn is_hex64(h: &str) -> bool {
+    h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// The export layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -63,6 +73,9 @@ pub struct ArchivedImage {
     pub layers: usize,
     /// The platform its config states (`os`, `architecture`, `variant`), if it says.
     pub platform: Option<Platform>,
+    /// The IDs a daemon gives the image once it has loaded this archive (see the module notes),
+    /// config digest first. An image the daemon holds under one of them is this image.
+    pub loaded_ids: Vec<String>,
 }
 
 /// What a complete archive holds.
@@ -86,13 +99,35 @@ pub enum LayoutError {
     #[error("manifest.json lists no image")]
     EmptyManifest,
     #[error("{path} (referenced by {by}) is missing or not a regular file")]
-    Missing { path: String, by: &'static str },
+    Missing { path: String, by: &'static str, layer: Option<usize> },
     #[error("index.json is not valid: {0}")]
     BadIndex(String),
     #[error("blob {digest} (referenced by {by}) is missing")]
-    MissingBlob { digest: String, by: String },
+    MissingBlob { digest: String, by: String, layer: Option<usize> },
     #[error("blob {digest} has {actual} bytes, its descriptor says {expected}")]
     BlobSize { digest: String, expected: u64, actual: u64 },
+}
+
+/// Content an archive references but does not hold: an exporting daemon's copy of the image is
+/// incomplete (see [`LayoutError::lacking`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lacking {
+    /// The position, in its image's layer list, of the first layer missing; `None` when what is
+    /// missing is not a layer.
+    pub layer: Option<usize>,
+}
+
+impl LayoutError {
+    /// Whether the archive lacks content it references (rather than being malformed), and which
+    /// layer first.
+    pub fn lacking(&self) -> Option<Lacking> {
+        match self {
+            LayoutError::Missing { layer, .. } | LayoutError::MissingBlob { layer, .. } => {
+                Some(Lacking { layer: *layer })
+            }
+            _ => None,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -126,6 +161,17 @@ struct ImageManifest {
     layers: Vec<Descriptor>,
 }
 
+#[derive(Deserialize)]
+struct ImageConfig {
+    rootfs: RootFs,
+}
+
+#[derive(Deserialize)]
+struct RootFs {
+    #[serde(default)]
+    diff_ids: Vec<String>,
+}
+
 /// Checks a scanned archive, returning what it holds.
 pub fn check(listing: &TarListing) -> Result<ArchiveContents, LayoutError> {
     let manifest = top_file(listing, "manifest.json")?.ok_or(LayoutError::NoManifest)?;
@@ -136,28 +182,99 @@ pub fn check(listing: &TarListing) -> Result<ArchiveContents, LayoutError> {
     }
 
     let mut images = Vec::with_capacity(entries.len());
+    let index = top_file(listing, "index.json")?;
     for entry in entries {
-        for path in std::iter::once(&entry.config).chain(&entry.layers) {
+        // Layers first: a daemon whose copy of the image is incomplete lacks layers (and sometimes
+        // the config too), and the first missing layer says which.
+        let layers = entry.layers.iter().enumerate().map(|(i, path)| (path, Some(i)));
+        for (path, layer) in layers.chain([(&entry.config, None)]) {
             if listing.resolve_file(path).is_none() {
-                return Err(LayoutError::Missing { path: path.clone(), by: "manifest.json" });
+                return Err(LayoutError::Missing { path: path.clone(), by: "manifest.json", layer });
             }
         }
+        let config_digest = config_digest(&entry.config);
+        let mut loaded_ids: Vec<String> = config_digest.iter().cloned().collect();
+        if index.is_none()
+            && let Some(converted) = converted_manifest_digest(listing, &entry)
+        {
+            loaded_ids.push(converted);
+        }
         images.push(ArchivedImage {
-            config_digest: config_digest(&entry.config),
+            config_digest,
             repo_tags: entry.repo_tags.unwrap_or_default(),
             layers: entry.layers.len(),
             platform: listing.captured(&entry.config).and_then(config_platform),
+            loaded_ids,
         });
     }
 
-    let layout = match top_file(listing, "index.json")? {
+    let layout = match index {
         None => Layout::Classic,
         Some(index) => {
             check_oci(listing, index)?;
+            for (config, id) in index_ids(listing, index) {
+                for image in images.iter_mut().filter(|i| i.config_digest.as_deref() == Some(&config)) {
+                    if !image.loaded_ids.contains(&id) {
+                        image.loaded_ids.push(id.clone());
+                    }
+                }
+            }
             Layout::Oci
         }
     };
     Ok(ArchiveContents { layout, images })
+}
+
+/// For each image manifest `index.json` leads to (directly, or through an image index held in
+/// the archive): its config digest and the digest a containerd image store gives the loaded image
+/// (the manifest's, or the index's).
+fn index_ids(listing: &TarListing, index: &[u8]) -> Vec<(String, String)> {
+    let parse = |bytes: &[u8]| serde_json::from_slice::<Index>(bytes).ok();
+    let config_of = |digest: &str| {
+        let blob = listing.captured(&blob_path(digest))?;
+        serde_json::from_slice::<ImageManifest>(blob).ok().map(|m| m.config.digest)
+    };
+    let mut ids = Vec::new();
+    for descriptor in parse(index).map(|i| i.manifests).unwrap_or_default() {
+        if let Some(config) = config_of(&descriptor.digest) {
+            ids.push((config, descriptor.digest.clone()));
+        } else if let Some(inner) = listing.captured(&blob_path(&descriptor.digest)).and_then(parse) {
+            for child in inner.manifests {
+                if let Some(config) = config_of(&child.digest) {
+                    ids.push((config, descriptor.digest.clone()));
+                }
+            }
+        }
+    }
+    ids
+}
+
+/// The digest of the manifest a containerd image store (containerd's archive importer, as in
+/// Docker 25 to 29) writes for a classic-layout image when loading it: a Docker schema 2 manifest
+/// of the config and the uncompressed layers, the layer digests being the diff IDs. `None` when
+/// the config is not at hand or does not match the layers. A store that writes another manifest
+/// only makes `load` send an archive it already has.
+fn converted_manifest_digest(listing: &TarListing, entry: &ManifestEntry) -> Option<String> {
+    let config_digest = config_digest(&entry.config)?;
+    let config_bytes = listing.captured(&entry.config)?;
+    let config: ImageConfig = serde_json::from_slice(config_bytes).ok()?;
+    if config.rootfs.diff_ids.len() != entry.layers.len() {
+        return None;
+    }
+    let mut layers = Vec::with_capacity(entry.layers.len());
+    for (path, diff_id) in entry.layers.iter().zip(&config.rootfs.diff_ids) {
+        let size = listing.resolve_file(path)?;
+        layers.push(format!(
+            r#"{{"mediaType":"application/vnd.docker.image.rootfs.diff.tar","digest":"{diff_id}","size":{size}}}"#
+        ));
+    }
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"{config_digest}","size":{}}},"layers":[{}]}}"#,
+        config_bytes.len(),
+        layers.join(",")
+    );
+    let hex: String = Sha256::digest(manifest.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    Some(format!("sha256:{hex}"))
 }
 
 fn check_oci(listing: &TarListing, index: &[u8]) -> Result<(), LayoutError> {
@@ -166,7 +283,7 @@ fn check_oci(listing: &TarListing, index: &[u8]) -> Result<(), LayoutError> {
         return Err(LayoutError::BadIndex("it lists no manifest".into()));
     }
     for descriptor in &index.manifests {
-        check_blob(listing, descriptor, "index.json")?;
+        check_blob(listing, descriptor, "index.json", None)?;
         // A single-platform image manifest must be whole. The manifests of an image index may
         // legitimately be absent for platforms the daemon does not hold; manifest.json covers the
         // exported platform.
@@ -180,15 +297,21 @@ fn check_oci(listing: &TarListing, index: &[u8]) -> Result<(), LayoutError> {
             continue;
         };
         let by = format!("manifest {}", descriptor.digest);
-        for inner in std::iter::once(&manifest.config).chain(&manifest.layers) {
-            check_blob(listing, inner, &by)?;
+        let layers = manifest.layers.iter().enumerate().map(|(i, d)| (d, Some(i)));
+        for (inner, layer) in layers.chain([(&manifest.config, None)]) {
+            check_blob(listing, inner, &by, layer)?;
         }
     }
     Ok(())
 }
 
-fn check_blob(listing: &TarListing, descriptor: &Descriptor, by: &str) -> Result<(), LayoutError> {
-    let missing = || LayoutError::MissingBlob { digest: descriptor.digest.clone(), by: by.to_owned() };
+fn check_blob(
+    listing: &TarListing,
+    descriptor: &Descriptor,
+    by: &str,
+    layer: Option<usize>,
+) -> Result<(), LayoutError> {
+    let missing = || LayoutError::MissingBlob { digest: descriptor.digest.clone(), by: by.to_owned(), layer };
     if !descriptor.digest.contains(':') {
         return Err(missing());
     }
@@ -224,12 +347,11 @@ fn blob_path(digest: &str) -> String {
 
 /// The config digest from its path: `<hex>.json` (classic) or `blobs/sha256/<hex>` (OCI).
 fn config_digest(config_path: &str) -> Option<String> {
-    let hex_ok = |h: &str| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit());
     if let Some(hex) = config_path.strip_prefix("blobs/sha256/") {
-        return hex_ok(hex).then(|| format!("sha256:{hex}"));
+        return is_hex64(hex).then(|| format!("sha256:{hex}"));
     }
     let hex = config_path.strip_suffix(".json")?;
-    hex_ok(hex).then(|| format!("sha256:{hex}"))
+    is_hex64(hex).then(|| format!("sha256:{hex}"))
 }
 
 #[cfg(test)]
@@ -302,6 +424,8 @@ mod tests {
                 repo_tags: vec!["app:1".into()],
                 layers: 2,
                 platform: Some(Platform::parse("linux/arm64").unwrap()),
+                // The config here holds no diff IDs: no converted manifest to predict.
+                loaded_ids: vec![format!("sha256:{CONFIG}")],
             }]
         );
     }
@@ -309,7 +433,11 @@ mod tests {
     #[test]
     fn classic_archive_missing_a_layer_is_refused() {
         let err = check(&scan(&classic(false))).unwrap_err();
-        assert_eq!(err, LayoutError::Missing { path: "aaa/layer.tar".into(), by: "manifest.json" });
+        assert_eq!(
+            err,
+            LayoutError::Missing { path: "aaa/layer.tar".into(), by: "manifest.json", layer: Some(0) }
+        );
+        assert_eq!(err.lacking(), Some(Lacking { layer: Some(0) }));
     }
 
     #[test]
@@ -318,12 +446,18 @@ mod tests {
         assert_eq!(contents.layout, Layout::Oci);
         assert_eq!(contents.images[0].config_digest, Some(format!("sha256:{CONFIG}")));
         assert_eq!(contents.images[0].platform, Some(Platform::parse("linux/amd64").unwrap()));
+        assert_eq!(
+            contents.images[0].loaded_ids,
+            [format!("sha256:{CONFIG}"), format!("sha256:{MANIFEST}")],
+            "the config digest (classic store) and the manifest digest (containerd store)"
+        );
     }
 
     #[test]
     fn oci_archive_missing_a_shared_blob_is_refused() {
         let err = check(&scan(&oci(true, 3000))).unwrap_err();
         assert!(matches!(err, LayoutError::Missing { ref path, .. } if path.ends_with(LAYER)), "{err}");
+        assert_eq!(err.lacking(), Some(Lacking { layer: Some(0) }));
     }
 
     #[test]
@@ -346,6 +480,7 @@ mod tests {
             .end();
         let err = check(&scan(&bytes)).unwrap_err();
         assert!(matches!(err, LayoutError::MissingBlob { .. }), "{err}");
+        assert_eq!(err.lacking(), Some(Lacking { layer: None }));
     }
 
     #[test]
@@ -361,5 +496,62 @@ mod tests {
         let err = check(&scan(&oversized)).unwrap_err();
         assert_eq!(err, LayoutError::TooLarge { path: "manifest.json", size: TOP_FILE_MAX + 1 });
         assert!(err.to_string().starts_with("manifest.json has 1048577 bytes"), "{err}");
+        assert_eq!(LayoutError::EmptyManifest.lacking(), None);
+    }
+
+    /// A classic archive's image, loaded into Docker 26.1.5's containerd image store, got the ID
+    /// of the manifest the store wrote for it: the same digest, predicted from the archive.
+    #[test]
+    fn the_containerd_store_id_of_a_classic_archive_is_predicted() {
+        const CONFIG_HEX: &str = "136ed7dd6164c9b9481f55008e6cbe23e300b27926e8a0ba74139cb7b4a39b4e";
+        const DIFF_ID: &str = "sha256:032ff7ce9eb5e132b2c53676597b2231c67df9908a060b20594d4afcf3fedb64";
+        // The image's own config was 633 bytes; its diff IDs are what matters here, so a config of
+        // that size holding them stands in.
+        let mut config = format!(r#"{{"rootfs":{{"type":"layers","diff_ids":["{DIFF_ID}"]}}}}"#);
+        config.push_str(&" ".repeat(633 - config.len()));
+        let manifest =
+            format!(r#"[{{"Config":"{CONFIG_HEX}.json","RepoTags":["a:1"],"Layers":["l/layer.tar"]}}]"#);
+        let bytes = TarBuilder::default()
+            .file("l/layer.tar", &vec![0; 1984512])
+            .file(&format!("{CONFIG_HEX}.json"), config.as_bytes())
+            .file("manifest.json", manifest.as_bytes())
+            .end();
+        let contents = check(&scan(&bytes)).unwrap();
+        assert_eq!(
+            contents.images[0].loaded_ids,
+            [
+                format!("sha256:{CONFIG_HEX}"),
+                "sha256:a4e98f7d61360f61b8b6de3016273ececc19aaca03f82205f221d29302e6f4dc".to_owned()
+            ]
+        );
+    }
+
+    #[test]
+    fn an_index_in_the_archive_gives_its_own_digest() {
+        const INDEX: &str = "4444444444444444444444444444444444444444444444444444444444444444";
+        let image_manifest = format!(
+            r#"{{"config":{{"digest":"sha256:{CONFIG}","size":2}},"layers":[{{"digest":"sha256:{LAYER}","size":3}}]}}"#
+        );
+        let inner = format!(
+            r#"{{"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{MANIFEST}","size":{}}}]}}"#,
+            image_manifest.len()
+        );
+        let index = format!(
+            r#"{{"manifests":[{{"mediaType":"application/vnd.oci.image.index.v1+json","digest":"sha256:{INDEX}","size":{}}}]}}"#,
+            inner.len()
+        );
+        let docker_manifest = format!(
+            r#"[{{"Config":"blobs/sha256/{CONFIG}","RepoTags":["app:1"],"Layers":["blobs/sha256/{LAYER}"]}}]"#
+        );
+        let bytes = TarBuilder::default()
+            .file(&format!("blobs/sha256/{CONFIG}"), b"{}")
+            .file(&format!("blobs/sha256/{LAYER}"), b"abc")
+            .file(&format!("blobs/sha256/{MANIFEST}"), image_manifest.as_bytes())
+            .file(&format!("blobs/sha256/{INDEX}"), inner.as_bytes())
+            .file("index.json", index.as_bytes())
+            .file("manifest.json", docker_manifest.as_bytes())
+            .end();
+        let contents = check(&scan(&bytes)).unwrap();
+        assert_eq!(contents.images[0].loaded_ids, [format!("sha256:{CONFIG}"), format!("sha256:{INDEX}")]);
     }
 }

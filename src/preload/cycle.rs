@@ -56,6 +56,7 @@ where
             let due: Vec<ImageSpec> =
                 list.iter().filter(|i| due_keys.contains(&i.archive)).cloned().collect();
             summary.passes += 1;
+            feed.pass_started();
             let report = pass(due).await;
             let now = Instant::now();
             let mut retry: Option<Duration> = None;

@@ -1,7 +1,8 @@
 //! Preloading: the refresh decision, one pass over the list and its outcomes, the `run` loop, its
-//! schedule and the status feed it publishes.
+//! schedule, the status feed it publishes and the metrics kept from it.
 
 pub mod cycle;
+pub mod metrics;
 pub mod outcome;
 pub mod pass;
 pub mod policy;

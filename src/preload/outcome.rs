@@ -74,6 +74,8 @@ pub enum Step {
     Check,
     /// Making it durable and renaming it into place.
     Publish,
+    /// Repairing the source's copy of an image whose export lacked content.
+    Repair,
 }
 
 impl Step {
@@ -87,6 +89,7 @@ impl Step {
             Step::Write => "write",
             Step::Check => "check",
             Step::Publish => "publish",
+            Step::Repair => "repair",
         }
     }
 }

@@ -1,5 +1,10 @@
 //! One pass over the image list: per image, lock its archive, decide, then keep, check the
 //! registry, or build through the store's publish path; report.
+//!
+//! An export that lacks content it references (a daemon's incomplete copy of the image, see
+//! [`crate::source::docker`]) is not published; the source repairs its copy and the image is built
+//! again, within the same pass. A repair may remove other images from the source, so it waits
+//! until no other build of this pass is pulling or exporting, and holds them off while it runs.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -10,6 +15,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
+use crate::format::layout::Lacking;
 use crate::human;
 use crate::image::list::ImageSpec;
 use crate::platform::Platform;
@@ -48,7 +54,12 @@ pub struct Preloader<S> {
     /// One build at a time per source name: the same reference listed for two platforms is
     /// pulled and exported under one tag, so its builds must not interleave.
     names: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Held shared by each build while it pulls and exports, exclusively by a repair.
+    source_use: tokio::sync::RwLock<()>,
 }
+
+/// Repairs of the source's copy one build may make before it gives up.
+const MAX_REPAIRS: usize = 2;
 
 impl<S: ImageSource> Preloader<S> {
     /// A preloader with these settings (and no registry credentials).
@@ -59,6 +70,7 @@ impl<S: ImageSource> Preloader<S> {
             settings: Settings { concurrency: settings.concurrency.max(1), ..settings },
             credentials: RwLock::new(CredentialSet::default()),
             names: Mutex::new(HashMap::new()),
+            source_use: tokio::sync::RwLock::new(()),
         }
     }
 
@@ -86,6 +98,16 @@ impl<S: ImageSource> Preloader<S> {
 
     /// Processes `images`, up to `concurrency` at a time, until done or cancelled.
     pub async fn pass(&self, images: &[ImageSpec], cancel: &CancellationToken) -> PassReport {
+        self.pass_observed(images, cancel, |_, _| {}).await
+    }
+
+    /// Like [`Preloader::pass`], calling `done` with each image's outcome as soon as it is known.
+    pub async fn pass_observed(
+        &self,
+        images: &[ImageSpec],
+        cancel: &CancellationToken,
+        mut done: impl FnMut(&ImageSpec, &Outcome),
+    ) -> PassReport {
         let start = Instant::now();
         // A hand-rolled `buffer_unordered`: its closure form makes the future's `Send` proof fail
         // (rustc's higher-ranked lifetime limits), and `run` spawns this future.
@@ -95,8 +117,9 @@ impl<S: ImageSource> Preloader<S> {
         for (i, image) in waiting.by_ref().take(self.settings.concurrency) {
             running.push(self.preload_nth(i, image, cancel));
         }
-        while let Some(done) = running.next().await {
-            outcomes.push(done);
+        while let Some((i, outcome)) = running.next().await {
+            done(&images[i], &outcome);
+            outcomes.push((i, outcome));
             if let Some((i, image)) = waiting.next() {
                 running.push(self.preload_nth(i, image, cancel));
             }
@@ -232,8 +255,8 @@ impl<S: ImageSource> Preloader<S> {
         }
     }
 
-    /// Pulls, checks the disk has room, streams the export through the store's publish path.
-    /// `Ok(None)` when cancelled.
+    /// Builds the archive; when the export lacks content, repairs the source's copy and builds
+    /// again (at most [`MAX_REPAIRS`] times). `Ok(None)` when cancelled.
     async fn build(
         &self,
         guard: &ArchiveGuard,
@@ -247,6 +270,63 @@ impl<S: ImageSource> Preloader<S> {
             _ = cancel.cancelled() => return Ok(None),
             held = name_lock.lock() => held,
         };
+        let mut repairs = 0;
+        loop {
+            let attempt = {
+                let _shared = self.source_use.read().await;
+                self.build_once(guard, image, reason.clone(), cancel).await
+            };
+            let (lacking, failure) = match attempt {
+                Ok(built) => return Ok(built),
+                Err(Attempt::Failed(failure)) => return Err(failure),
+                Err(Attempt::Lacking(lacking, failure)) => (lacking, failure),
+            };
+            if repairs == MAX_REPAIRS {
+                return Err(Failure {
+                    message: format!(
+                        "{}; still so after {repairs} repairs of the source's copy (a stopped container may \
+                         hold the image's layers: see `docker ps -a`)",
+                        failure.message
+                    ),
+                    ..failure
+                });
+            }
+            repairs += 1;
+            warn!(
+                step = failure.step.as_str(),
+                kind = failure.kind.as_str(),
+                "{}: the daemon's copy of the image lacks content; on the containerd image store a pull \
+                 skips the blob of a layer already unpacked from another image (moby#49473), so the \
+                 repair removes the images holding that layer and pulls again, then builds again",
+                failure.message
+            );
+            let _exclusive = self.source_use.write().await;
+            let auth = self.auth_for(image);
+            let repaired = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Ok(None),
+                repaired = self.source.repair(&image.reference, image.platform.as_ref(), &auth, lacking) => {
+                    repaired.map_err(|e| source_failure(Step::Repair, e, &auth, ""))?
+                }
+            };
+            info!(
+                removed = repaired.removed.len(),
+                "repaired: removed {} from the daemon{} and pulled the image again",
+                repaired.removed.join(", "),
+                repaired.layer.as_deref().map(|l| format!(" (they hold layer {l})")).unwrap_or_default(),
+            );
+        }
+    }
+
+    /// Pulls, checks the disk has room, streams the export through the store's publish path.
+    /// `Ok(None)` when cancelled.
+    async fn build_once(
+        &self,
+        guard: &ArchiveGuard,
+        image: &ImageSpec,
+        reason: BuildReason,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Built>, Attempt> {
         let started = Instant::now();
         let auth = self.auth_for(image);
         let platform = image.platform.as_ref();
@@ -264,7 +344,7 @@ impl<S: ImageSource> Preloader<S> {
         {
             // A daemon pulls a single-platform image whatever platform was asked for.
             let message = format!("{} provides no {wanted} image (it is {got})", image.reference);
-            return Err(Failure::new(Step::Pull, FailureKind::NotFound, message));
+            return Err(Failure::new(Step::Pull, FailureKind::NotFound, message).into());
         }
         let pull_time = started.elapsed();
 
@@ -281,8 +361,13 @@ impl<S: ImageSource> Preloader<S> {
         let published = match guard.publish(export, draft, watch, cancel).await {
             Ok(Some(published)) => published,
             Ok(None) => return Ok(None),
-            Err(PublishError::Source(e)) => return Err(Failure::source(Step::Export, e)),
-            Err(PublishError::Store(e)) => return Err(Failure::store(e)),
+            Err(PublishError::Source(e)) => return Err(Failure::source(Step::Export, e).into()),
+            Err(PublishError::Store(e)) => {
+                return Err(match e.lacking() {
+                    Some(lacking) => Attempt::Lacking(lacking, Failure::store(e)),
+                    None => Failure::store(e).into(),
+                });
+            }
         };
         Ok(Some(Built {
             reason,
@@ -316,6 +401,20 @@ impl<S: ImageSource> Preloader<S> {
         })
         .await
         .map_err(|e| Failure::new(Step::Space, FailureKind::NoSpace, e))
+    }
+}
+
+/// Why one build attempt ended without an archive.
+enum Attempt {
+    /// The export lacked content it references: the source's copy needs a repair.
+    Lacking(Lacking, Failure),
+    /// Anything else.
+    Failed(Failure),
+}
+
+impl From<Failure> for Attempt {
+    fn from(failure: Failure) -> Attempt {
+        Attempt::Failed(failure)
     }
 }
 

@@ -11,6 +11,7 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::format::layout::Lacking;
 use crate::format::tar::tests::TarBuilder;
 use crate::image::list::ImageSpec;
 use crate::image::reference::Reference;
@@ -21,7 +22,9 @@ use crate::preload::pass::{Preloader, Settings};
 use crate::preload::policy::{BuildReason, KeepReason, MaxAge, RefreshPolicy};
 use crate::preload::status::StatusFeed;
 use crate::registry::Lookup;
-use crate::source::{ErrorKind, ImageFacts, ImageSource, Operation, PullOutcome, Pulled, SourceError};
+use crate::source::{
+    ErrorKind, ImageFacts, ImageSource, Operation, PullOutcome, Pulled, Repaired, SourceError,
+};
 use crate::store::ArchiveStore;
 use crate::store::record::Record;
 use crate::store::space::MinFree;
@@ -47,6 +50,9 @@ struct Fake {
     missing_for: Arc<Mutex<HashMap<String, usize>>>,
     /// Cancelled when an export of `bad:1` has been read to its end, if set.
     stop_on_export: Option<CancellationToken>,
+    /// Exports that lack their layer (a daemon's incomplete copy) until the source is repaired
+    /// this many times.
+    lacking_until_repairs: Arc<Mutex<usize>>,
 }
 
 impl Fake {
@@ -77,13 +83,17 @@ impl Fake {
 }
 
 fn archive_bytes(marker: u8) -> Vec<u8> {
+    archive_with(marker, true)
+}
+
+fn archive_with(marker: u8, layer: bool) -> Vec<u8> {
     let config = "ab".repeat(32);
     let manifest = format!(r#"[{{"Config":"{config}.json","RepoTags":["a:1"],"Layers":["l/layer.tar"]}}]"#);
-    TarBuilder::default()
-        .file("l/layer.tar", &[marker; 3000])
-        .file(&format!("{config}.json"), b"{}")
-        .file("manifest.json", manifest.as_bytes())
-        .end()
+    let mut builder = TarBuilder::default();
+    if layer {
+        builder.file("l/layer.tar", &[marker; 3000]);
+    }
+    builder.file(&format!("{config}.json"), b"{}").file("manifest.json", manifest.as_bytes()).end()
 }
 
 impl ImageSource for Fake {
@@ -126,7 +136,7 @@ impl ImageSource for Fake {
     fn export(&self, image: &Reference) -> BoxStream<'static, Result<Bytes, SourceError>> {
         self.call("export", image);
         let marker = self.served.lock().unwrap().get(&image.to_string()).map_or(0, |s| s.marker);
-        let bytes = archive_bytes(marker);
+        let bytes = archive_with(marker, *self.lacking_until_repairs.lock().unwrap() == 0);
         let chunks: Vec<Result<Bytes, SourceError>> =
             bytes.chunks(1000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
         if *self.export_hangs.lock().unwrap() {
@@ -147,6 +157,19 @@ impl ImageSource for Fake {
     async fn remove(&self, image: &Reference) -> Result<(), SourceError> {
         self.call("remove", image);
         Ok(())
+    }
+
+    async fn repair(
+        &self,
+        image: &Reference,
+        _platform: Option<&Platform>,
+        _auth: &Lookup,
+        lacking: Lacking,
+    ) -> Result<Repaired, SourceError> {
+        self.call(&format!("repair(layer {:?})", lacking.layer), image);
+        let mut left = self.lacking_until_repairs.lock().unwrap();
+        *left = left.saturating_sub(1);
+        Ok(Repaired { removed: vec![image.to_string(), "other:1".into()], layer: Some("sha256:l".into()) })
     }
 }
 
@@ -187,6 +210,30 @@ async fn builds_then_keeps_a_fresh_archive() {
     let kept = one(&preloader, &image).await;
     assert!(matches!(kept, Outcome::Kept(KeepReason::Fresh { .. })), "{kept:?}");
     assert_eq!(fake.calls(), ["pull reg.local/team/app:1", "export reg.local/team/app:1"]);
+}
+
+#[tokio::test]
+async fn an_export_lacking_a_layer_is_repaired_and_built_again_in_the_same_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    fake.serve("app:1", "sha256:aaa", 1);
+    fake.serve("other:1", "sha256:bbb", 2);
+    *fake.lacking_until_repairs.lock().unwrap() = 1;
+    let preloader = Preloader::new(fake.clone(), ArchiveStore::new(dir.path()), settings(MaxAge::Days(7)));
+    let built = one(&preloader, &spec("app:1")).await;
+    let Outcome::Built(built) = built else { panic!("{built:?}") };
+    assert_eq!(std::fs::read(&built.path).unwrap(), archive_bytes(1));
+    let calls = ["pull app:1", "export app:1", "repair(layer Some(0)) app:1", "pull app:1", "export app:1"];
+    assert_eq!(fake.calls(), calls);
+
+    // A copy that stays incomplete: given up after two repairs, nothing published.
+    *fake.lacking_until_repairs.lock().unwrap() = 5;
+    let failed = one(&preloader, &spec("other:1")).await;
+    let Outcome::Failed(failure) = failed else { panic!("{failed:?}") };
+    assert_eq!((failure.step, failure.kind), (Step::Check, FailureKind::IncompleteExport));
+    assert!(failure.message.contains("still so after 2 repairs"), "{}", failure.message);
+    assert_eq!(fake.calls().iter().filter(|c| c.starts_with("repair")).count(), 3);
+    assert!(!dir.path().join("other_1.tar").exists());
 }
 
 #[tokio::test]

@@ -1,18 +1,28 @@
 //! A Docker daemon as an [`ImageSource`]: pull (with the tag a digest-pinned archive promises),
-//! inspect, ask the registry for the current digest, export, remove.
+//! inspect, ask the registry for the current digest, export, remove, and repair an image whose
+//! export lacks layers.
+//!
+//! The repair is for a known engine bug of the containerd image store (moby#49473,
+//! containerd#8973; fixed by moby#53615): a pull skips fetching a layer's blob when the layer is
+//! already unpacked, from another image's differently compressed blob or from a classic archive
+//! loaded earlier, and `docker save` then exits 0 with an archive lacking that layer. The unpacked
+//! layer lives as long as any image holds it, so the repair removes the image and every image
+//! sharing its layers up to the first missing one, then pulls the image again: with nothing
+//! unpacked, the pull fetches every blob.
 
 use bollard::query_parameters::{
-    CreateImageOptionsBuilder, RemoveImageOptionsBuilder, TagImageOptionsBuilder,
+    CreateImageOptionsBuilder, ListImagesOptionsBuilder, RemoveImageOptionsBuilder, TagImageOptionsBuilder,
 };
 use bytes::Bytes;
 use futures_util::stream::{BoxStream, StreamExt, TryStreamExt};
 use tracing::debug;
 
 use crate::daemon::{CallError, DockerDaemon, registry_auth};
+use crate::format::layout::Lacking;
 use crate::image::reference::Reference;
 use crate::platform::Platform;
 use crate::registry::Lookup;
-use crate::source::{ImageFacts, ImageSource, Operation, PullOutcome, Pulled, SourceError};
+use crate::source::{ImageFacts, ImageSource, Operation, PullOutcome, Pulled, Repaired, SourceError};
 
 /// The source error for a failed daemon call.
 fn failed(operation: Operation, image: &Reference, error: bollard::errors::Error) -> SourceError {
@@ -114,6 +124,58 @@ impl ImageSource for DockerDaemon {
             .export_image(&image.export_name())
             .map_err(move |e| failed(Operation::Export, &image, e))
             .boxed()
+    }
+
+    async fn repair(
+        &self,
+        image: &Reference,
+        platform: Option<&Platform>,
+        auth: &Lookup,
+        lacking: Lacking,
+    ) -> Result<Repaired, SourceError> {
+        let fail = |e| failed(Operation::Repair, image, e);
+        let name = image.export_name();
+        let info = self.client().inspect_image(&name).await.map_err(fail)?;
+        let layers = info.root_fs.and_then(|r| r.layers).unwrap_or_default();
+        // The layers up to the first missing one (the first when not known): every image holding
+        // this chain keeps it unpacked.
+        let first_missing = lacking.layer.filter(|i| *i < layers.len()).unwrap_or(0);
+        let chain = &layers[..layers.len().min(first_missing + 1)];
+        let mut holders: Vec<(String, String)> = Vec::new();
+        if let Some(id) = info.id {
+            holders.push((id, name.clone()));
+        }
+        if !chain.is_empty() {
+            let options = ListImagesOptionsBuilder::default().all(true).build();
+            for summary in self.client().list_images(Some(options)).await.map_err(fail)? {
+                if holders.iter().any(|(id, _)| *id == summary.id) {
+                    continue;
+                }
+                let Ok(other) = self.client().inspect_image(&summary.id).await else { continue };
+                let other_layers = other.root_fs.and_then(|r| r.layers).unwrap_or_default();
+                if other_layers.starts_with(chain) {
+                    let label = summary
+                        .repo_tags
+                        .iter()
+                        .find(|t| !t.contains("<none>"))
+                        .cloned()
+                        .unwrap_or_else(|| summary.id.clone());
+                    holders.push((summary.id, label));
+                }
+            }
+        }
+        let options = RemoveImageOptionsBuilder::default().force(true).build();
+        for (id, _) in &holders {
+            match self.client().remove_image(id, Some(options.clone()), None).await {
+                Ok(_) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
+                Err(e) => return Err(fail(e)),
+            }
+        }
+        self.pull(image, platform, auth).await?;
+        Ok(Repaired {
+            removed: holders.into_iter().map(|(_, label)| label).collect(),
+            layer: chain.last().cloned(),
+        })
     }
 
     async fn remove(&self, image: &Reference) -> Result<(), SourceError> {

@@ -93,6 +93,8 @@ pub enum Operation {
     Export,
     /// Removing the source's copy.
     Remove,
+    /// Repairing the source's incomplete copy.
+    Repair,
 }
 
 /// A failure of the source, with the image and the source's own message.
@@ -128,6 +130,7 @@ impl fmt::Display for SourceError {
             }
             Operation::Export => write!(f, "export of {image} failed: {message}"),
             Operation::Remove => write!(f, "removing {image} from the source failed: {message}"),
+            Operation::Repair => write!(f, "repairing {image} in the source failed: {message}"),
         }
     }
 }

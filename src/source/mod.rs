@@ -20,6 +20,7 @@ use futures_util::stream::BoxStream;
 pub use error::{ErrorKind, Operation, SourceError};
 
 use crate::daemon::DockerDaemon;
+use crate::format::layout::Lacking;
 use crate::image::reference::Reference;
 use crate::platform::Platform;
 use crate::registry::Lookup;
@@ -50,6 +51,27 @@ pub trait ImageSource: Send + Sync {
 
     /// Frees the source's copy of `image` after it was archived.
     fn remove(&self, image: &Reference) -> impl Future<Output = Result<(), SourceError>> + Send;
+
+    /// Repairs the source's copy of `image` after its export lacked content it references
+    /// (`lacking` says which layer first), so that the next export is whole; pulls it again like
+    /// [`ImageSource::pull`].
+    fn repair(
+        &self,
+        image: &Reference,
+        platform: Option<&Platform>,
+        auth: &Lookup,
+        lacking: Lacking,
+    ) -> impl Future<Output = Result<Repaired, SourceError>> + Send;
+}
+
+/// What a repair did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repaired {
+    /// The images removed from the source (names, or IDs of untagged ones), the repaired one
+    /// included.
+    pub removed: Vec<String>,
+    /// The diff ID of the layer they shared, if known.
+    pub layer: Option<String>,
 }
 
 /// The source a command uses, chosen at run time.
@@ -99,6 +121,19 @@ impl ImageSource for Source {
         match self {
             Source::Daemon(daemon) => daemon.remove(image).await,
             Source::Registry(registry) => registry.remove(image).await,
+        }
+    }
+
+    async fn repair(
+        &self,
+        image: &Reference,
+        platform: Option<&Platform>,
+        auth: &Lookup,
+        lacking: Lacking,
+    ) -> Result<Repaired, SourceError> {
+        match self {
+            Source::Daemon(daemon) => daemon.repair(image, platform, auth, lacking).await,
+            Source::Registry(registry) => registry.repair(image, platform, auth, lacking).await,
         }
     }
 }

@@ -13,7 +13,8 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::{ErrorKind, ImageFacts, ImageSource, Operation, PullOutcome, Pulled, SourceError};
+use super::{ErrorKind, ImageFacts, ImageSource, Operation, PullOutcome, Pulled, Repaired, SourceError};
+use crate::format::layout::Lacking;
 use crate::registry::client;
 
 use crate::format::builder::{self, ArchivePlan, ArchiveSpec, BlobRef, Decode, Layer, Part};
@@ -500,6 +501,19 @@ impl ImageSource for RegistrySource {
     async fn remove(&self, image: &Reference) -> Result<(), SourceError> {
         self.planned.lock().expect("plan cache").remove(&image.to_string());
         Ok(())
+    }
+
+    /// Nothing to repair: the archive is planned from the registry's manifest and every blob is
+    /// streamed from the registry; the next pull plans it afresh.
+    async fn repair(
+        &self,
+        image: &Reference,
+        platform: Option<&Platform>,
+        auth: &Lookup,
+        _lacking: Lacking,
+    ) -> Result<Repaired, SourceError> {
+        self.pull(image, platform, auth).await?;
+        Ok(Repaired { removed: Vec::new(), layer: None })
     }
 }
 

@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 
 use crate::format::layout::{self, ArchiveContents};
 use crate::format::tar::TarScanner;
+use crate::store::beneath::Dir;
 use crate::store::error::StoreError;
 
 /// What reading an archive file back found.
@@ -21,11 +22,28 @@ pub struct FileCheck {
     pub contents: Result<ArchiveContents, String>,
 }
 
+/// Opens the archive at `path` for reading: its directory by path, the file itself never through a
+/// link (nor a FIFO or device).
+fn open_path(path: &Path) -> Result<File, StoreError> {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = Dir::open(parent, Path::new(""), false)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok(dir.open_read(&name)?)
+}
+
 /// Reads an archive file once, computing its checksum and checking it is a complete image archive
 /// (blocking I/O).
 pub fn check_file(path: &Path) -> Result<FileCheck, StoreError> {
+    check_open(open_path(path)?, path)
+}
+
+/// [`check_file`] of the archive `name` in `dir`.
+pub fn check_in(dir: &Dir, name: &str) -> Result<FileCheck, StoreError> {
+    check_open(dir.open_read(name)?, &dir.path_of(name))
+}
+
+fn check_open(mut file: File, path: &Path) -> Result<FileCheck, StoreError> {
     let read_err = |source| StoreError::Stat { path: path.to_owned(), source };
-    let mut file = File::open(path).map_err(read_err)?;
     let mut scanner = TarScanner::new(layout::capture_filter);
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -54,10 +72,11 @@ pub fn check_file(path: &Path) -> Result<FileCheck, StoreError> {
     Ok(FileCheck { size, sha256: hex(&hasher.finalize()), contents })
 }
 
-/// Only the checksum of a file (blocking I/O).
-pub fn sha256_of(path: &Path) -> Result<(u64, String), StoreError> {
-    let read_err = |source| StoreError::Stat { path: path.to_owned(), source };
-    let mut file = File::open(path).map_err(read_err)?;
+/// Only the checksum of the archive `name` in `dir` (blocking I/O).
+pub fn sha256_in(dir: &Dir, name: &str) -> Result<(u64, String), StoreError> {
+    let path = dir.path_of(name);
+    let read_err = |source| StoreError::Stat { path: path.clone(), source };
+    let mut file = dir.open_read(name)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;

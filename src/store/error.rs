@@ -3,8 +3,9 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::format::layout::LayoutError;
+use crate::format::layout::{Lacking, LayoutError};
 use crate::format::tar::TarError;
+use crate::store::beneath::BeneathError;
 use crate::store::lock::LockError;
 use crate::store::record::RecordError;
 use crate::store::space::SpaceError;
@@ -40,6 +41,8 @@ pub enum StoreError {
     Touch { path: PathBuf, source: io::Error },
     #[error("the write of {path} was abandoned")]
     Abandoned { path: PathBuf },
+    #[error(transparent)]
+    Unsafe(#[from] BeneathError),
 }
 
 /// What kind of problem a [`StoreError`] is, for callers that react differently.
@@ -60,6 +63,15 @@ pub enum StoreErrorKind {
 }
 
 impl StoreError {
+    /// For an export that lacks content it references (rather than a malformed one), which layer
+    /// first; see [`LayoutError::lacking`].
+    pub fn lacking(&self) -> Option<Lacking> {
+        match self {
+            StoreError::Layout { source, .. } => source.lacking(),
+            _ => None,
+        }
+    }
+
     /// The kind of problem.
     pub fn kind(&self) -> StoreErrorKind {
         let io_kind = |e: &io::Error| {
@@ -82,6 +94,8 @@ impl StoreError {
             StoreError::Record(RecordError::Write { source, .. }) => io_kind(source),
             StoreError::Record(_) => StoreErrorKind::Read,
             StoreError::Cleanup { .. } | StoreError::Touch { .. } => StoreErrorKind::Write,
+            StoreError::Unsafe(BeneathError::Io { source, .. }) => io_kind(source),
+            StoreError::Unsafe(_) => StoreErrorKind::Read,
         }
     }
 }

@@ -1,14 +1,29 @@
 //! Walking the archive directory: the archives, the records, and the leftovers of killed runs.
 //! A path that cannot be read is reported with its reason and the walk goes on (blocking I/O).
+//! Links are never followed (nor walked into): a link named like an archive is reported and left
+//! alone.
 
-use std::fs::{self, File, TryLockError};
-use std::io;
+use std::fs::TryLockError;
 use std::path::{Path, PathBuf};
 
 use walkdir::WalkDir;
 
+use crate::store::beneath::{BeneathError, Dir};
 use crate::store::names::{archive_of, is_archive, is_lock_file, is_temporary};
 use crate::store::record::Record;
+
+const LINK: &str =
+    "a symbolic link; image-preloader never follows links in its directory and leaves it alone";
+
+/// The handle of the directory an entry found by the walk is in.
+fn dir_of(root: &Path, entry: &walkdir::DirEntry) -> Result<Dir, BeneathError> {
+    let parent = relative(root, entry.path()).parent().map(Path::to_owned).unwrap_or_default();
+    Dir::open(root, &parent, false)
+}
+
+fn name_of(entry: &walkdir::DirEntry) -> String {
+    entry.file_name().to_string_lossy().into_owned()
+}
 
 /// What a walk found, and the paths it could not read (with why).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +71,8 @@ pub fn archives(root: &Path) -> Walk<PathBuf> {
         let name = entry.file_name().to_string_lossy();
         if entry.file_type().is_file() && is_archive(&name) {
             walk.found.push(relative(root, entry.path()));
+        } else if entry.file_type().is_symlink() && is_archive(&name) {
+            walk.unreadable.push((entry.path().to_owned(), LINK.to_owned()));
         }
     }
     walk
@@ -70,10 +87,14 @@ pub fn recorded(root: &Path) -> Walk<(PathBuf, Record)> {
             continue;
         }
         let Some(archive) = archive_of(entry.path()) else { continue };
-        match Record::read(&archive) {
+        let archive_name = archive.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let read = dir_of(root, &entry)
+            .map_err(|e| e.to_string())
+            .and_then(|dir| Record::read_in(&dir, &archive_name).map_err(|e| e.to_string()));
+        match read {
             Ok(Some(record)) => walk.found.push((relative(root, &archive), record)),
             Ok(None) => {}
-            Err(e) => walk.unreadable.push((entry.path().to_owned(), e.to_string())),
+            Err(e) => walk.unreadable.push((entry.path().to_owned(), e)),
         }
     }
     walk
@@ -89,7 +110,7 @@ pub fn remove_leftovers(root: &Path) -> Walk<PathBuf> {
             continue;
         }
         let path = entry.path();
-        match remove_unless_locked(path) {
+        match dir_of(root, &entry).and_then(|dir| remove_unless_locked(&dir, &name_of(&entry))) {
             Ok(true) => walk.found.push(path.to_owned()),
             Ok(false) => {}
             Err(e) => walk.unreadable.push((path.to_owned(), e.to_string())),
@@ -98,20 +119,16 @@ pub fn remove_leftovers(root: &Path) -> Walk<PathBuf> {
     walk
 }
 
-fn remove_unless_locked(path: &Path) -> io::Result<bool> {
-    let file = match File::open(path) {
+fn remove_unless_locked(dir: &Dir, name: &str) -> Result<bool, BeneathError> {
+    let file = match dir.open_read(name) {
         Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) if e.is_not_found() => return Ok(false),
         Err(e) => return Err(e),
     };
     match file.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => return Ok(false),
-        Err(TryLockError::Error(e)) => return Err(e),
+        Err(TryLockError::Error(source)) => return Err(BeneathError::Io { path: dir.path_of(name), source }),
     }
-    match fs::remove_file(path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
-    }
+    dir.remove(name)
 }

@@ -5,8 +5,10 @@
 //! [`ArchiveGuard`] for one archive, and everything done to that archive goes through it. Every
 //! file-system call of the async API runs on a blocking thread.
 
+pub mod beneath;
 pub mod check;
 pub mod error;
+pub mod inventory;
 pub mod listing;
 pub mod lock;
 pub mod names;
@@ -46,7 +48,8 @@ pub struct ArchiveStore {
 #[derive(Debug)]
 pub struct ArchiveGuard {
     path: PathBuf,
-    _lock: ArchiveLock,
+    name: String,
+    lock: ArchiveLock,
 }
 
 impl ArchiveStore {
@@ -73,15 +76,18 @@ impl ArchiveStore {
         cancel: &CancellationToken,
         on_wait: impl FnOnce(),
     ) -> Result<ArchiveGuard, LockError> {
-        let path = self.path_of(relative);
-        let lock = ArchiveLock::acquire(&path, cancel, on_wait).await?;
-        Ok(ArchiveGuard { path, _lock: lock })
+        let lock = ArchiveLock::acquire(&self.root, relative, cancel, on_wait).await?;
+        Ok(self.guard(relative, lock))
     }
 
     /// Locks the archive at `relative` if nobody else holds it (blocking I/O).
     pub fn try_lock(&self, relative: &Path) -> Result<Option<ArchiveGuard>, LockError> {
-        let path = self.path_of(relative);
-        Ok(ArchiveLock::try_acquire(&path)?.map(|lock| ArchiveGuard { path, _lock: lock }))
+        Ok(ArchiveLock::try_acquire(&self.root, relative)?.map(|lock| self.guard(relative, lock)))
+    }
+
+    fn guard(&self, relative: &Path, lock: ArchiveLock) -> ArchiveGuard {
+        let name = relative.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        ArchiveGuard { path: self.path_of(relative), name, lock }
     }
 
     /// Every archive file (`*.tar`) in the directory, relative, sorted, and what could not be
@@ -110,16 +116,26 @@ impl ArchiveGuard {
         &self.path
     }
 
+    /// The archive's file name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The archive's directory, held open: every operation on the archive goes through it.
+    pub fn dir(&self) -> &beneath::Dir {
+        self.lock.dir()
+    }
+
     /// The archive's state on disk and what its record says (see [`state::read`]).
     pub async fn state(&self) -> Result<(Option<ArchiveState>, RecordState), StoreError> {
-        let path = self.path.clone();
-        blocking(move || state::read(&path)).await
+        let (dir, name) = (self.dir().try_clone().map_err(StoreError::from)?, self.name.clone());
+        blocking(move || state::read(&dir, &name)).await
     }
 
     /// Marks the archive as confirmed current (see [`state::touch`]).
     pub async fn touch(&self) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        blocking(move || state::touch(&path)).await
+        let (dir, name) = (self.dir().try_clone().map_err(StoreError::from)?, self.name.clone());
+        blocking(move || state::touch(&dir, &name)).await
     }
 }
 

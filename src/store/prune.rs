@@ -5,13 +5,12 @@
 //! removal happens under the archive's lock, so an archive being built or verified is skipped.
 
 use std::collections::HashSet;
-use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
-use crate::store::names::record_path;
+use crate::store::beneath::{BeneathError, Dir};
+use crate::store::names::RECORD_SUFFIX;
 use crate::store::{ArchiveStore, StoreError, listing};
 
 /// Removes the recorded archives (and their records) whose relative path is not in `wanted`
@@ -38,30 +37,22 @@ pub fn prune(store: &ArchiveStore, wanted: &HashSet<PathBuf>) -> Result<Vec<Path
                 continue;
             }
         };
-        let archive = guard.path().to_owned();
-        let failed = |path: &Path| {
-            let path = path.to_owned();
-            move |source| StoreError::Cleanup { path, source }
+        let (dir, name) = (guard.dir(), guard.name());
+        let failed = |e: BeneathError| match e {
+            BeneathError::Io { path, source } => StoreError::Cleanup { path, source },
+            other => StoreError::Unsafe(other),
         };
-        remove_if_present(&archive).map_err(failed(&archive))?;
-        let record_file = record_path(&archive);
-        remove_if_present(&record_file).map_err(failed(&record_file))?;
+        dir.remove(name).map_err(failed)?;
+        dir.remove(&format!("{name}{RECORD_SUFFIX}")).map_err(failed)?;
         drop(guard);
-        // Drop the `<user>/` directory if that was its last archive.
-        if let Some(parent) = archive.parent()
-            && parent != store.root()
+        // Drop the `<user>/` directory if that was its last archive (never through a link).
+        if let Some(user) = relative.parent().and_then(Path::to_str).filter(|p| !p.is_empty())
+            && let Ok(root) = Dir::open(store.root(), Path::new(""), false)
         {
-            let _ = fs::remove_dir(parent);
+            root.remove_empty_dir(user);
         }
         info!(archive = %relative.display(), reference = %record.reference, "pruned: no longer in the image list");
         removed.push(relative);
     }
     Ok(removed)
-}
-
-fn remove_if_present(path: &Path) -> io::Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
 }

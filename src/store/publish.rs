@@ -8,7 +8,7 @@
 //! by checksum ([`crate::store::state`]). Shutdown (the cancellation token) or a source error
 //! abandons the temporary file; the previous archive is never touched.
 
-use std::fs::{self, File};
+use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::SystemTime;
@@ -76,8 +76,9 @@ impl ArchiveGuard {
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
     {
-        let path = self.path().to_owned();
-        let writer = crate::store::blocking(move || ArchiveWriter::create(path, space))
+        let dir = self.dir().try_clone().map_err(|e| PublishError::Store(e.into()))?;
+        let name = self.name().to_owned();
+        let writer = crate::store::blocking(move || ArchiveWriter::create_in(dir, name, space))
             .await
             .map_err(PublishError::Store)?;
         let mut sink = writer.spawn(move |written| publish_written(written, draft));
@@ -126,8 +127,9 @@ impl ArchiveGuard {
 
 /// Makes a complete, checked write durable and puts it in place with its record (blocking).
 pub(crate) fn publish_written(written: Written, draft: RecordDraft) -> Result<Published, StoreError> {
-    let Written { temp, path, dir, contents, size, sha256 } = written;
+    let Written { temp, path, name, contents, size, sha256 } = written;
     let publish_err = |source| StoreError::Publish { path: path.clone(), source };
+    let dir = temp.dir().try_clone()?;
     let file = temp.as_file();
     file.set_permissions(fs::Permissions::from_mode(FILE_MODE)).map_err(publish_err)?;
     file.sync_all().map_err(publish_err)?;
@@ -151,15 +153,15 @@ pub(crate) fn publish_written(written: Written, draft: RecordDraft) -> Result<Pu
     };
     // The record names the new content before the rename: whatever a crash leaves under the
     // archive's name, the pending record makes the next read compare checksums.
-    record.write(&path)?;
+    record.write_in(&dir, &name)?;
     fault("publish-before-rename");
-    temp.persist(&path).map_err(|e| publish_err(e.error))?;
+    let file = temp.persist(&name)?;
     fault("publish-after-rename");
-    let modified = fs::metadata(&path).and_then(|m| m.modified()).map_err(publish_err)?;
+    let modified = file.metadata().and_then(|m| m.modified()).map_err(publish_err)?;
     record.pending = false;
     record.mtime_ns = Some(record::nanos(modified));
-    record.write(&path)?;
-    File::open(&dir).and_then(|d| d.sync_all()).map_err(publish_err)?;
+    record.write_in(&dir, &name)?;
+    dir.sync()?;
     Ok(Published { path, bytes: size, contents, record })
 }
 

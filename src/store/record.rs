@@ -7,15 +7,16 @@
 //! [`crate::store::publish`]). Archives without a record (made by other tools, or by the seed
 //! chart) are never pruned and are refreshed by age alone.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use crate::format::layout::Layout;
-use crate::store::names::{self, FILE_MODE, TEMP_SUFFIX, record_path};
+use crate::store::beneath::{BeneathError, Dir};
+use crate::store::names::{self, FILE_MODE, RECORD_SUFFIX, TEMP_SUFFIX, record_path};
 /// The record format version this build writes.
 pub const FORMAT: u32 = 1;
 /// Largest record read: a real one is about 1 KiB. A larger file is not read (constant memory)
@@ -72,30 +73,6 @@ pub enum RecordError {
     Write { path: PathBuf, source: io::Error },
 }
 
-/// Reads a record file of at most [`RECORD_MAX`] bytes: `Ok(None)` if it is larger. Something
-/// other than a regular file (a FIFO, a device) is an `InvalidInput` error, never waited on.
-fn read_bounded(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                io::Error::new(io::ErrorKind::InvalidInput, "it is a symbolic link (not followed)")
-            } else {
-                e
-            }
-        })?;
-    if !file.metadata()?.is_file() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
-    }
-    let mut text = Vec::new();
-    file.take(RECORD_MAX + 1).read_to_end(&mut text)?;
-    Ok((text.len() as u64 <= RECORD_MAX).then_some(text))
-}
-
 /// An RFC 3339 timestamp (UTC, seconds).
 pub fn timestamp(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
@@ -107,23 +84,43 @@ pub fn nanos(t: SystemTime) -> u64 {
 }
 
 impl Record {
-    /// Reads the record of the archive at `archive`; `Ok(None)` if there is none.
+    /// Reads the record of the archive at `archive`; `Ok(None)` if there is none. The archive's
+    /// directory is reached by path; the record itself is never read through a link.
     pub fn read(archive: &Path) -> Result<Option<Record>, RecordError> {
         let path = record_path(archive);
-        let text = match read_bounded(&path) {
-            Ok(Some(text)) => text,
-            Ok(None) => {
-                return Err(RecordError::Invalid {
-                    path,
-                    message: format!("larger than {RECORD_MAX} bytes (not read)"),
-                });
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
-                return Err(RecordError::Invalid { path, message: e.to_string() });
-            }
-            Err(source) => return Err(RecordError::Read { path, source }),
+        let dir = match Dir::open(archive.parent().unwrap_or(Path::new(".")), Path::new(""), false) {
+            Ok(dir) => dir,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(RecordError::Read { path, source: e.into_io() }),
         };
+        Record::read_in(&dir, &file_name(archive))
+    }
+
+    /// Reads the record of the archive `archive_name` in `dir`; `Ok(None)` if there is none.
+    pub fn read_in(dir: &Dir, archive_name: &str) -> Result<Option<Record>, RecordError> {
+        let name = format!("{archive_name}{RECORD_SUFFIX}");
+        let path = dir.path_of(&name);
+        let file = match dir.open_read(&name) {
+            Ok(file) => file,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(BeneathError::Symlink { .. }) => {
+                return Err(RecordError::Invalid { path, message: "a symbolic link (not followed)".into() });
+            }
+            Err(BeneathError::Io { source, .. }) if source.kind() == io::ErrorKind::InvalidInput => {
+                return Err(RecordError::Invalid { path, message: source.to_string() });
+            }
+            Err(e) => return Err(RecordError::Read { path, source: e.into_io() }),
+        };
+        let mut text = Vec::new();
+        file.take(RECORD_MAX + 1)
+            .read_to_end(&mut text)
+            .map_err(|source| RecordError::Read { path: path.clone(), source })?;
+        if text.len() as u64 > RECORD_MAX {
+            return Err(RecordError::Invalid {
+                path,
+                message: format!("larger than {RECORD_MAX} bytes (not read)"),
+            });
+        }
         let record: Record = serde_json::from_slice(&text)
             .map_err(|e| RecordError::Invalid { path: path.clone(), message: e.to_string() })?;
         if record.format > FORMAT {
@@ -135,37 +132,59 @@ impl Record {
         Ok(Some(record))
     }
 
-    /// Writes the record of the archive at `archive` atomically (the directory is not fsynced;
-    /// callers that need that do it once for both files).
+    /// Writes the record of the archive at `archive` atomically (see [`Record::write_in`]).
     pub fn write(&self, archive: &Path) -> Result<(), RecordError> {
-        let path = record_path(archive);
+        let dir = Dir::open(archive.parent().unwrap_or(Path::new(".")), Path::new(""), false)
+            .map_err(|e| RecordError::Write { path: record_path(archive), source: e.into_io() })?;
+        self.write_in(&dir, &file_name(archive))
+    }
+
+    /// Writes the record of the archive `archive_name` in `dir` atomically: a temporary file,
+    /// fsynced, renamed over the record (never over a link there). The directory is not fsynced;
+    /// callers that need that do it once for both files.
+    pub fn write_in(&self, dir: &Dir, archive_name: &str) -> Result<(), RecordError> {
+        let name = format!("{archive_name}{RECORD_SUFFIX}");
+        let path = dir.path_of(&name);
         let write_err = |source| RecordError::Write { path: path.clone(), source };
-        let dir = path.parent().unwrap_or(Path::new("."));
         let mut json = serde_json::to_vec_pretty(self).map_err(|e| write_err(io::Error::other(e)))?;
         json.push(b'\n');
-        let mut temp = tempfile::Builder::new()
-            .prefix(&names::temp_prefix(&path))
-            .suffix(TEMP_SUFFIX)
-            .rand_bytes(names::TEMP_RANDOM)
-            .tempfile_in(dir)
-            .map_err(write_err)?;
-        // Locked like archive temporaries, so a concurrent start's cleanup leaves it alone.
-        temp.as_file().lock().map_err(write_err)?;
-        temp.write_all(&json).map_err(write_err)?;
-        use std::os::unix::fs::PermissionsExt;
-        temp.as_file().set_permissions(fs::Permissions::from_mode(FILE_MODE)).map_err(write_err)?;
-        temp.as_file().sync_all().map_err(write_err)?;
-        temp.persist(&path).map_err(|e| write_err(e.error))?;
-        Ok(())
+        let (mut temp, temp_name) = dir
+            .create_temp(&format!(".{name}."), names::TEMP_RANDOM, TEMP_SUFFIX)
+            .map_err(|e| write_err(e.into_io()))?;
+        let written = (|| {
+            // Locked like archive temporaries, so a concurrent start's cleanup leaves it alone.
+            temp.lock()?;
+            temp.write_all(&json)?;
+            use std::os::unix::fs::PermissionsExt;
+            temp.set_permissions(fs::Permissions::from_mode(FILE_MODE))?;
+            temp.sync_all()?;
+            dir.rename(&temp_name, &name).map_err(BeneathError::into_io)
+        })();
+        if written.is_err() {
+            dir.unlink(&temp_name);
+        }
+        written.map_err(write_err)
     }
 
     /// Writes the record and fsyncs its directory.
     pub fn write_durably(&self, archive: &Path) -> Result<(), RecordError> {
-        self.write(archive)?;
-        let path = record_path(archive);
-        let dir = path.parent().unwrap_or(Path::new("."));
-        File::open(dir).and_then(|d| d.sync_all()).map_err(|source| RecordError::Write { path, source })
+        let dir = Dir::open(archive.parent().unwrap_or(Path::new(".")), Path::new(""), false)
+            .map_err(|e| RecordError::Write { path: record_path(archive), source: e.into_io() })?;
+        self.write_durably_in(&dir, &file_name(archive))
     }
+
+    /// [`Record::write_in`], then fsyncs the directory.
+    pub fn write_durably_in(&self, dir: &Dir, archive_name: &str) -> Result<(), RecordError> {
+        self.write_in(dir, archive_name)?;
+        dir.sync().map_err(|e| RecordError::Write {
+            path: dir.path_of(&format!("{archive_name}{RECORD_SUFFIX}")),
+            source: e.into_io(),
+        })
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -231,7 +250,7 @@ mod tests {
     fn oversized_and_special_records_are_invalid_without_being_read() {
         let dir = tempfile::tempdir().unwrap();
         let archive = dir.path().join("app_1.tar");
-        let file = File::create(record_path(&archive)).unwrap();
+        let file = fs::File::create(record_path(&archive)).unwrap();
         file.set_len(1 << 30).unwrap(); // sparse: 1 GiB of zeros
         let err = Record::read(&archive).unwrap_err();
         assert!(

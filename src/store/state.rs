@@ -2,14 +2,12 @@
 //! `pending` record (a publish was interrupted) or a modification time other than the recorded one
 //! (the file changed behind the record's back) is decided by checksum, not by size alone.
 
-use std::fs;
-use std::io;
-use std::path::Path;
 use std::time::SystemTime;
 
 use tracing::info;
 
-use crate::store::check::sha256_of;
+use crate::store::beneath::{BeneathError, Dir, Entry};
+use crate::store::check::sha256_in;
 use crate::store::error::StoreError;
 use crate::store::record::{self, Record, RecordError};
 
@@ -42,22 +40,20 @@ pub enum RecordState {
     Unreadable(String),
 }
 
-/// Reads the archive's state and its record, settling a pending or out-of-date record by checksum
-/// (blocking I/O).
-pub fn read(path: &Path) -> Result<(Option<ArchiveState>, RecordState), StoreError> {
-    let archive = match fs::metadata(path) {
-        Ok(meta) if meta.is_file() => Some(ArchiveState {
-            modified: meta.modified().map_err(|source| StoreError::Stat { path: path.to_owned(), source })?,
-            size: meta.len(),
-        }),
-        Ok(_) => return Err(StoreError::NotAFile { path: path.to_owned() }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(source) => return Err(StoreError::Stat { path: path.to_owned(), source }),
+/// Reads the state of the archive `name` in `dir` and its record, settling a pending or out-of-date
+/// record by checksum (blocking I/O). A link where the archive should be is an error, left alone.
+pub fn read(dir: &Dir, name: &str) -> Result<(Option<ArchiveState>, RecordState), StoreError> {
+    let path = dir.path_of(name);
+    let archive = match dir.entry(name)? {
+        Entry::File { size, modified, .. } => Some(ArchiveState { modified, size }),
+        Entry::Missing => None,
+        Entry::Symlink => return Err(BeneathError::Symlink { path }.into()),
+        Entry::Other => return Err(StoreError::NotAFile { path }),
     };
-    let record = match Record::read(path) {
+    let record = match Record::read_in(dir, name) {
         Ok(None) => RecordState::Missing,
         Ok(Some(r)) => match archive {
-            Some(state) if needs_settling(&r, state) => settle(path, r, state)?,
+            Some(state) if needs_settling(&r, state) => settle(dir, name, r, state)?,
             _ => present(r),
         },
         Err(RecordError::Invalid { message, .. }) => RecordState::Unreadable(message),
@@ -83,14 +79,20 @@ fn needs_settling(record: &Record, archive: ArchiveState) -> bool {
 /// Compares the archive's checksum with the record's: if they agree the record is confirmed (and
 /// rewritten, final, with the current time); if not, the archive is reported damaged so the next
 /// decision rebuilds it.
-fn settle(path: &Path, mut record: Record, archive: ArchiveState) -> Result<RecordState, StoreError> {
+fn settle(
+    dir: &Dir,
+    name: &str,
+    mut record: Record,
+    archive: ArchiveState,
+) -> Result<RecordState, StoreError> {
+    let path = dir.path_of(name);
     let why = if record.pending { "a publish was interrupted" } else { "the archive's time changed" };
-    let (size, sha256) = sha256_of(path)?;
+    let (size, sha256) = sha256_in(dir, name)?;
     if size == record.size && sha256 == record.sha256 {
         info!(archive = %path.display(), "{why}; the archive matches its record (checksum confirmed)");
         record.pending = false;
         record.mtime_ns = Some(record::nanos(archive.modified));
-        record.write_durably(path)?;
+        record.write_durably_in(dir, name)?;
         return Ok(present(record));
     }
     info!(archive = %path.display(), "{why}; the archive does not match its record (checksum differs): rebuilding");
@@ -103,18 +105,18 @@ fn settle(path: &Path, mut record: Record, archive: ArchiveState) -> Result<Reco
 }
 
 /// Marks an archive as confirmed current: its modification time becomes now (so the age rules
-/// start over) and its record notes the check and the new time (blocking I/O).
-pub fn touch(path: &Path) -> Result<(), StoreError> {
+/// start over) and its record notes the check and the new time (blocking I/O). Never through a
+/// link: a link where the archive should be is an error, and its target keeps its time.
+pub fn touch(dir: &Dir, name: &str) -> Result<(), StoreError> {
     let now = SystemTime::now();
-    filetime::set_file_mtime(path, filetime::FileTime::from_system_time(now))
-        .map_err(|source| StoreError::Touch { path: path.to_owned(), source })?;
-    let modified = fs::metadata(path)
-        .and_then(|m| m.modified())
-        .map_err(|source| StoreError::Touch { path: path.to_owned(), source })?;
-    if let Some(mut record) = Record::read(path)? {
+    dir.set_mtime(name, now)?;
+    let Entry::File { modified, .. } = dir.entry(name)? else {
+        return Err(StoreError::NotAFile { path: dir.path_of(name) });
+    };
+    if let Some(mut record) = Record::read_in(dir, name)? {
         record.checked = record::timestamp(now);
         record.mtime_ns = Some(record::nanos(modified));
-        record.write(path)?;
+        record.write_in(dir, name)?;
     }
     Ok(())
 }

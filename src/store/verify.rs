@@ -7,7 +7,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::store::check::check_file;
+use crate::store::check::check_in;
 use crate::store::names::record_path;
 use crate::store::record::{Record, RecordError};
 use crate::store::{ArchiveStore, StoreError, listing};
@@ -108,8 +108,8 @@ fn verify_one(store: &ArchiveStore, relative: &std::path::Path) -> Result<Findin
     let Some(guard) = store.try_lock(relative)? else {
         return Ok(Finding::Busy);
     };
-    let path = guard.path().to_owned();
-    let record = match Record::read(&path) {
+    let (dir, name) = (guard.dir(), guard.name());
+    let record = match Record::read_in(dir, name) {
         Ok(record) => record,
         Err(RecordError::Invalid { message, .. }) => {
             return Ok(Finding::Damaged(format!(
@@ -119,7 +119,7 @@ fn verify_one(store: &ArchiveStore, relative: &std::path::Path) -> Result<Findin
         }
         Err(e) => return Err(e.into()),
     };
-    let check = check_file(&path)?;
+    let check = check_in(dir, name)?;
     let Some(mut record) = record else {
         return Ok(match check.contents {
             Ok(_) => Finding::Unrecorded,
@@ -137,7 +137,7 @@ fn verify_one(store: &ArchiveStore, relative: &std::path::Path) -> Result<Findin
         None => Finding::Ok,
         Some(why) => {
             record.damaged = Some(why.clone());
-            record.write_durably(&path)?;
+            record.write_durably_in(dir, name)?;
             Finding::Damaged(why)
         }
     })

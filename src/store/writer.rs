@@ -2,18 +2,18 @@
 //! byte passing through the tar scanner and the checksum on its way to disk, with early write-back
 //! and the disk guard re-checked as it grows.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
-use tempfile::NamedTempFile;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::format::layout::{self, ArchiveContents};
 use crate::format::tar::TarScanner;
+use crate::store::beneath::Dir;
 use crate::store::check::hex;
 use crate::store::error::StoreError;
 use crate::store::names::{TEMP_RANDOM, TEMP_SUFFIX, temp_prefix};
@@ -39,12 +39,56 @@ pub struct SpaceWatch {
     pub min_free: MinFree,
 }
 
+/// A temporary file in an archive's directory, created and removed through the directory's handle.
+/// Dropping it removes the file unless it was renamed into place.
+#[derive(Debug)]
+pub struct TempFile {
+    file: File,
+    name: String,
+    dir: Dir,
+    done: bool,
+}
+
+impl TempFile {
+    /// The open file.
+    pub fn as_file(&self) -> &File {
+        &self.file
+    }
+
+    /// Its directory.
+    pub fn dir(&self) -> &Dir {
+        &self.dir
+    }
+
+    /// Its path (for messages).
+    pub fn path(&self) -> PathBuf {
+        self.dir.path_of(&self.name)
+    }
+
+    /// Renames it over `name` in its directory (never over a link there).
+    pub fn persist(mut self, name: &str) -> Result<File, StoreError> {
+        self.dir.rename(&self.name, name)?;
+        self.done = true;
+        let file =
+            self.file.try_clone().map_err(|source| StoreError::Publish { path: self.path(), source })?;
+        Ok(file)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.done {
+            self.dir.unlink(&self.name);
+        }
+    }
+}
+
 /// An archive being written. Dropping it removes the temporary file.
 #[derive(Debug)]
 pub struct ArchiveWriter {
-    temp: NamedTempFile,
+    temp: TempFile,
     path: PathBuf,
-    dir: PathBuf,
+    name: String,
     scanner: TarScanner,
     hasher: Sha256,
     written: u64,
@@ -57,12 +101,12 @@ pub struct ArchiveWriter {
 /// A written archive whose bytes are complete and checked, not yet published.
 #[derive(Debug)]
 pub struct Written {
-    /// The temporary file.
-    pub temp: NamedTempFile,
+    /// The temporary file (and the directory handle).
+    pub temp: TempFile,
     /// The final path.
     pub path: PathBuf,
-    /// The directory both live in.
-    pub dir: PathBuf,
+    /// The final file name in the temporary's directory.
+    pub name: String,
     /// What it holds.
     pub contents: ArchiveContents,
     /// Its size.
@@ -72,22 +116,31 @@ pub struct Written {
 }
 
 impl ArchiveWriter {
-    /// Creates the archive's directory and a locked temporary file next to `path` (blocking).
+    /// Creates the archive's directory (by path) and a locked temporary file next to `path`
+    /// (blocking).
     pub fn create(path: PathBuf, space: SpaceWatch) -> Result<ArchiveWriter, StoreError> {
-        let dir = path.parent().map(Path::to_owned).unwrap_or_default();
-        fs::create_dir_all(&dir).map_err(|source| StoreError::CreateDir { path: dir.clone(), source })?;
-        let temp = tempfile::Builder::new()
-            .prefix(&temp_prefix(&path))
-            .suffix(TEMP_SUFFIX)
-            .rand_bytes(TEMP_RANDOM)
-            .tempfile_in(&dir)
-            .map_err(|source| StoreError::CreateTemp { dir: dir.clone(), source })?;
+        let parent = path.parent().map(Path::to_owned).unwrap_or_default();
+        let dir = Dir::open(&parent, Path::new(""), true)?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        ArchiveWriter::create_in(dir, name, space)
+    }
+
+    /// A locked temporary file in `dir` that will become `name` (blocking).
+    pub fn create_in(dir: Dir, name: String, space: SpaceWatch) -> Result<ArchiveWriter, StoreError> {
+        let path = dir.path_of(&name);
+        let create_err = |source| StoreError::CreateTemp { dir: dir.path().to_owned(), source };
+        let (file, temp_name) = dir
+            .create_temp(&temp_prefix(&path), TEMP_RANDOM, TEMP_SUFFIX)
+            .map_err(|e| create_err(e.into_io()))?;
+        let temp = TempFile { file, name: temp_name, dir, done: false };
         // Locked while written, so another start's clean-up leaves it alone.
-        temp.as_file().lock().map_err(|source| StoreError::CreateTemp { dir: dir.clone(), source })?;
+        temp.file
+            .lock()
+            .map_err(|source| StoreError::CreateTemp { dir: temp.dir.path().to_owned(), source })?;
         Ok(ArchiveWriter {
             temp,
             path,
-            dir,
+            name,
             scanner: TarScanner::new(layout::capture_filter),
             hasher: Sha256::new(),
             written: 0,
@@ -104,23 +157,23 @@ impl ArchiveWriter {
     }
 
     /// The temporary file's path.
-    pub fn temp_path(&self) -> &Path {
+    pub fn temp_path(&self) -> PathBuf {
         self.temp.path()
     }
 
     /// Leaves the temporary file behind without its lock, as a killed process would.
     #[cfg(test)]
-    pub fn keep_as_if_killed(self) -> PathBuf {
-        self.temp.keep().expect("keep the temporary").1
+    pub fn keep_as_if_killed(mut self) -> PathBuf {
+        self.temp.done = true;
+        self.temp.path()
     }
 
     /// Appends the next bytes of the export.
     pub fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
         self.scanner.update(chunk).map_err(|source| StoreError::Tar { path: self.path.clone(), source })?;
-        self.temp
-            .as_file_mut()
+        (&self.temp.file)
             .write_all(chunk)
-            .map_err(|source| StoreError::Write { path: self.temp.path().to_owned(), source })?;
+            .map_err(|source| StoreError::Write { path: self.temp.path(), source })?;
         self.hasher.update(chunk);
         self.written += chunk.len() as u64;
         if self.written - self.writeback_from >= WRITEBACK_STEP {
@@ -133,19 +186,20 @@ impl ArchiveWriter {
         }
         if self.written - self.space_checked >= SPACE_STEP && !self.space.min_free.is_disabled() {
             self.space_checked = self.written;
-            let free = space::space_of(&self.dir)?;
-            space::check(&self.dir, free, 0, self.space.min_free)?;
+            let dir = self.temp.dir.path();
+            let free = space::space_of(dir)?;
+            space::check(dir, free, 0, self.space.min_free)?;
         }
         Ok(())
     }
 
     /// Ends the stream: the tar must be whole and the image layout complete.
     pub fn finish(self) -> Result<Written, StoreError> {
-        let ArchiveWriter { temp, path, dir, scanner, hasher, written, .. } = self;
+        let ArchiveWriter { temp, path, name, scanner, hasher, written, .. } = self;
         let listing = scanner.finish().map_err(|source| StoreError::Tar { path: path.clone(), source })?;
         let contents =
             layout::check(&listing).map_err(|source| StoreError::Layout { path: path.clone(), source })?;
-        Ok(Written { temp, path, dir, contents, size: written, sha256: hex(&hasher.finalize()) })
+        Ok(Written { temp, path, name, contents, size: written, sha256: hex(&hasher.finalize()) })
     }
 
     /// Runs this writer on a blocking thread: `then` gets the finished write (and publishes it) on

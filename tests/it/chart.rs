@@ -167,6 +167,7 @@ fn the_pod_is_a_dind_native_sidecar_and_an_unprivileged_preloader() {
         "run", "--images-file", "/etc/image-preloader/images.txt", "--dir", "/opt/runner/images",
         "--max-image-age", "7", "--interval", "3600", "--concurrency", "2", "--log-format", "text",
         "--refresh-policy", "digest", "--min-free", "10%", "--docker-host", "unix:///var/run/docker.sock",
+        "--listen", "0.0.0.0:9090",
     ];
     assert_eq!(preloader_args(ds), expected);
     let sc = &pre["securityContext"];
@@ -292,7 +293,7 @@ fn the_seed_example_values_land_where_the_seed_put_them() {
 }
 
 #[test]
-fn the_checksum_follows_the_list_and_the_flags_only() {
+fn the_checksum_follows_the_flags_only_and_a_list_edit_reloads_without_a_restart() {
     let sum = |extra: &[&str]| {
         let mut args = vec!["--set", "images={nginx:1.27,busybox:1.36}"];
         args.extend_from_slice(extra);
@@ -300,15 +301,28 @@ fn the_checksum_follows_the_list_and_the_flags_only() {
     };
     let base = sum(&[]);
     assert_eq!(base, sum(&[]), "rendering is deterministic");
-    // Not part of the configuration: pod metadata, scheduling, resources.
-    for unrelated in ["podLabels.a=b", "podAnnotations.a=b", "nodeSelector.a=b", "resources.limits.cpu=1"] {
+    // Not part of the configuration: pod metadata, scheduling, resources, probes, the Service.
+    for unrelated in [
+        "podLabels.a=b",
+        "podAnnotations.a=b",
+        "nodeSelector.a=b",
+        "resources.limits.cpu=1",
+        "probes.readiness.periodSeconds=20",
+        "metrics.service.enabled=true",
+    ] {
         assert_eq!(base, sum(&["--set", unrelated]), "{unrelated} changed the checksum");
     }
+    // The list is read again by the running preloader: editing it must not roll every pod (and,
+    // with dind's store on an emptyDir, make every node pull everything again).
     let other_list = checksum(only(&render(&["--set", "images={nginx:1.27,busybox:1.37}"]), "DaemonSet"));
-    assert_ne!(base, other_list, "a changed list rolls the pods");
+    assert_eq!(base, other_list, "a changed list must not roll the pods");
     let longer =
         checksum(only(&render(&["--set", "images={nginx:1.27,busybox:1.36,alpine:3}"]), "DaemonSet"));
-    assert_ne!(base, longer);
+    assert_eq!(base, longer);
+    // The list reaches the pod through a directory mount (a subPath mount never updates).
+    let docs = render(&["--set", "images={nginx:1.27}"]);
+    let ds = only(&docs, "DaemonSet");
+    assert!(mount(container(pod_spec(ds), "preloader"), "config")["subPath"].is_null());
     for changed in [
         "maxImageAge=3",
         "concurrency=4",
@@ -316,9 +330,127 @@ fn the_checksum_follows_the_list_and_the_flags_only() {
         "minFree=5Gi",
         "prune=true",
         "hostPath=/x",
+        "metrics.port=9100",
     ] {
         assert_ne!(base, sum(&["--set", changed]), "{changed} did not change the checksum");
     }
+}
+
+#[test]
+fn probes_port_service_and_service_monitor() {
+    const MONITORING: &str = "monitoring.coreos.com/v1/ServiceMonitor";
+    let docs = render(&["--set", "images={nginx:1.27}"]);
+    let ds = only(&docs, "DaemonSet");
+    let pre = container(pod_spec(ds), "preloader");
+    assert_eq!(flag(&preloader_args(ds), "--listen"), Some("0.0.0.0:9090"));
+    assert_eq!(pre["ports"], yaml("[{name: http, containerPort: 9090, protocol: TCP}]"));
+    assert_eq!(
+        pre["livenessProbe"],
+        yaml(
+            "{httpGet: {path: /healthz, port: http}, periodSeconds: 30, timeoutSeconds: 5, failureThreshold: 3}"
+        )
+    );
+    assert_eq!(
+        pre["readinessProbe"],
+        yaml(
+            "{httpGet: {path: /readyz, port: http}, periodSeconds: 10, timeoutSeconds: 5, failureThreshold: 3}"
+        )
+    );
+    // Off by default: no Service, no ServiceMonitor, even where the API exists.
+    assert!(of_kind(&docs, "Service").is_empty());
+    let with_api = render(&["--set", "images={nginx:1.27}", "--api-versions", MONITORING]);
+    assert!(of_kind(&with_api, "ServiceMonitor").is_empty());
+
+    // Port and thresholds follow the values; probes can be turned off.
+    let docs = render(&[
+        "--set",
+        "images={nginx:1.27},metrics.port=9100,probes.readiness.failureThreshold=7,probes.liveness.enabled=false",
+    ]);
+    let ds = only(&docs, "DaemonSet");
+    let pre = container(pod_spec(ds), "preloader");
+    assert_eq!(flag(&preloader_args(ds), "--listen"), Some("0.0.0.0:9100"));
+    assert_eq!(pre["ports"][0]["containerPort"].as_u64(), Some(9100));
+    assert!(pre["livenessProbe"].is_null());
+    assert_eq!(pre["readinessProbe"]["failureThreshold"].as_u64(), Some(7));
+
+    // The Service: headless, one per DaemonSet, selecting that DaemonSet's pods only.
+    let service_values = [
+        "--set",
+        "images={nginx:1.27},metrics.service.enabled=true,metrics.service.annotations.a=b",
+        "--set-json",
+        r#"pools=[{"name":"gpu","images":["cuda:12"]}]"#,
+    ];
+    let text = helm_template(&service_values).unwrap();
+    k8s::validate("the metrics Service", &text);
+    let docs = documents(&text);
+    let services = of_kind(&docs, "Service");
+    assert_eq!(services.len(), 2);
+    for service in services {
+        let name = service["metadata"]["name"].as_str().unwrap();
+        let ds = daemonset(&docs, name);
+        assert_eq!(service["spec"]["clusterIP"].as_str(), Some("None"));
+        assert_eq!(service["spec"]["selector"], ds["spec"]["selector"]["matchLabels"], "{name}");
+        assert_eq!(
+            service["spec"]["ports"],
+            yaml("[{name: http, port: 9090, targetPort: http, protocol: TCP}]")
+        );
+        assert_eq!(service["metadata"]["annotations"]["a"].as_str(), Some("b"));
+    }
+
+    // The ServiceMonitor: only with the value and the API; it brings its Service along.
+    let monitor = [
+        "--set",
+        "images={nginx:1.27},metrics.serviceMonitor.enabled=true,metrics.serviceMonitor.labels.release=prom",
+    ];
+    let without_api = render(&monitor);
+    assert!(of_kind(&without_api, "ServiceMonitor").is_empty(), "no ServiceMonitor without the API");
+    assert_eq!(of_kind(&without_api, "Service").len(), 1);
+    let mut args = monitor.to_vec();
+    args.extend(["--api-versions", MONITORING]);
+    let text = helm_template(&args).unwrap();
+    let docs = documents(&text);
+    let sm = only(&docs, "ServiceMonitor");
+    let service = only(&docs, "Service");
+    assert_eq!(sm["apiVersion"].as_str(), Some("monitoring.coreos.com/v1"));
+    assert_eq!(sm["metadata"]["labels"]["release"].as_str(), Some("prom"));
+    assert_eq!(sm["spec"]["endpoints"], yaml("[{port: http, path: /metrics, interval: 60s}]"));
+    for (key, value) in sm["spec"]["selector"]["matchLabels"].as_mapping().unwrap() {
+        assert_eq!(
+            &service["metadata"]["labels"][key.as_str().unwrap()],
+            value,
+            "the ServiceMonitor selects the Service"
+        );
+    }
+    // Kubernetes' own schemas know no ServiceMonitor: validate the rest.
+    let rest: Vec<String> = docs
+        .iter()
+        .filter(|d| d["kind"] != "ServiceMonitor")
+        .map(|d| serde_yaml_ng::to_string(d).unwrap())
+        .collect();
+    k8s::validate("objects beside the ServiceMonitor", &rest.join("---\n"));
+
+    // The notes show the warm-up commands, and warn when a ServiceMonitor was asked for in vain.
+    let notes = helm(&[
+        "install",
+        "--dry-run=client",
+        "preload",
+        k8s::chart_dir().to_str().unwrap(),
+        "--namespace",
+        "ci-images",
+        "--set",
+        "images={nginx:1.27},metrics.serviceMonitor.enabled=true",
+    ]);
+    let notes = String::from_utf8_lossy(&notes.stdout).into_owned();
+    assert!(
+        notes.contains("kubectl --namespace ci-images rollout status ds/preload-image-preloader"),
+        "{notes}"
+    );
+    assert!(notes.contains("kubectl --namespace ci-images get ds/preload-image-preloader"), "{notes}");
+    assert!(
+        notes.contains("port-forward pod/<pod> 9090") && notes.contains("localhost:9090/metrics"),
+        "{notes}"
+    );
+    assert!(notes.contains("does not serve the\nmonitoring.coreos.com/v1 API"), "{notes}");
 }
 
 #[test]
@@ -431,7 +563,8 @@ fn pools_render_their_own_daemonsets_with_overrides() {
         volume(pod_spec(gpu), "config")["configMap"]["name"].as_str(),
         Some("preload-image-preloader-gpu")
     );
-    assert_ne!(checksum(gpu), checksum(cpu));
+    // Same flags, different lists: the same checksum (a list edit does not restart pods).
+    assert_eq!(checksum(gpu), checksum(cpu));
     // Selectors are disjoint: no DaemonSet selects another's pods.
     let pool = |d: &Value| {
         d["spec"]["selector"]["matchLabels"]["image-preloader.io/pool"].as_str().unwrap().to_owned()
@@ -500,6 +633,15 @@ fn every_new_value_reaches_the_pod() {
     assert_eq!(flag(&args, "--concurrency"), Some("4"));
     assert_eq!(flag(&args, "--log-format"), Some("json"));
     assert_eq!(flag(&args, "--dir"), Some("/mnt/cache/images"));
+    assert_eq!(flag(&args, "--listen"), Some("0.0.0.0:9100"));
+    let probe = &container(spec, "preloader")["livenessProbe"];
+    assert_eq!((probe["periodSeconds"].as_u64(), probe["failureThreshold"].as_u64()), (Some(60), Some(5)));
+    assert_eq!(container(spec, "preloader")["readinessProbe"]["timeoutSeconds"].as_u64(), Some(3));
+    assert_eq!(
+        of_kind(&docs, "Service").len(),
+        of_kind(&docs, "DaemonSet").len(),
+        "one Service per DaemonSet"
+    );
     let defaults = preloader_args(only(&render_scenario("default-values.yaml"), "DaemonSet"));
     assert!(
         !defaults.contains(&"--prune".to_owned()) && !defaults.contains(&"--remove-after-save".to_owned())
@@ -750,11 +892,11 @@ fn the_rendered_command_line_and_list_make_the_promised_archives() {
     assert_eq!(volume(pod_spec(ds), "images")["hostPath"]["path"].as_str(), Some(host_path.as_str()));
     replace_flag(&mut args, "--images-file", list.to_str().unwrap());
     replace_flag(&mut args, "--dir", dir.to_str().unwrap());
-    let docker_host =
-        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
-    replace_flag(&mut args, "--docker-host", &docker_host);
+    replace_flag(&mut args, "--docker-host", &support::daemon().host());
     // The node's disk is not this machine's: the test floor, not 10% of whatever this disk holds.
     replace_flag(&mut args, "--min-free", support::TEST_MIN_FREE);
+    // The pod's port is its own; here any free one.
+    replace_flag(&mut args, "--listen", "127.0.0.1:0");
 
     // The names the chart promises: what `image-preloader path` predicts for the rendered list.
     let predicted = support::run(

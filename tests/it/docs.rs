@@ -381,57 +381,59 @@ fn the_fork_file_names_in_the_guide_are_what_path_prints() {
     assert_eq!(documented, printed, "imageTarFiles in {GUIDE} match `{BIN} path`");
 }
 
-#[test]
-fn the_documented_init_container_loads_the_node_archives_into_the_pods_daemon() {
-    let image = k8s::test_image();
-    let label = unique("docs");
-    let present = TestImage::push(&format!("ipt/{label}-a"), "1");
-    let absent = TestImage::push(&format!("ipt/{label}-b"), "2");
+// The runner pod's dind: both image stores (a fresh `docker:29-dind` uses the containerd one).
+on_both_daemons! {
+    fn the_documented_init_container_loads_the_node_archives_into_the_pods_daemon() {
+        let image = k8s::test_image();
+        let label = unique("docs");
+        let present = TestImage::push(&format!("ipt/{label}-a"), "1");
+        let absent = TestImage::push(&format!("ipt/{label}-b"), "2");
 
-    // The node: the DaemonSet has warmed both images into the hostPath.
-    let host = tempfile::tempdir().unwrap();
-    let dir = host.path().to_str().unwrap();
-    run(preloader(&["warm", "--dir", dir, &present.reference, &absent.reference]), TIMEOUT).assert_code(0);
-    absent.remove_local();
-    assert!(present.is_local() && !absent.is_local());
-    let before = snapshot(host.path());
+        // The node: the DaemonSet has warmed both images into the hostPath.
+        let host = tempfile::tempdir().unwrap();
+        let dir = host.path().to_str().unwrap();
+        run(preloader(&["warm", "--dir", dir, &present.reference, &absent.reference]), TIMEOUT).assert_code(0);
+        absent.remove_local();
+        assert!(present.is_local() && !absent.is_local());
+        let before = snapshot(host.path());
 
-    // The pod: the rendered list in its ConfigMap volume, the daemon's socket in dind-sock.
-    let list = tempfile::tempdir().unwrap();
-    std::fs::write(
-        list.path().join("images.txt"),
-        format!("# from the chart's ConfigMap\n{}\n{}\n", present.reference, absent.reference),
-    )
-    .unwrap();
-    let values = runner_values();
-    let loader = k8s::container(pod_spec(&values), "preload-images");
-    let name = unique("ipt-docs-loader");
-    let _container = k8s::ContainerGuard(name.clone());
-    let out = run(
-        k8s::docker_run(
-            loader,
-            image,
-            &name,
-            &[
-                ("dind-sock", HostVolume::DockerSocketDir),
-                ("preloaded-images", HostVolume::Dir(host.path())),
-                ("preload-list", HostVolume::Dir(list.path())),
-            ],
-        ),
-        TIMEOUT,
-    );
-    let logs = format!("stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
-    out.assert_code(0);
-    assert!(absent.is_local(), "the missing image was loaded: {logs}");
-    assert_eq!(docker(&["image", "inspect", "--format", "{{.Id}}", &absent.reference]), absent.id);
-    assert_eq!(docker(&["run", "--rm", "--network", "none", &absent.reference]), absent.marker);
-    assert!(
-        out.stdout.lines().any(|l| l.starts_with("loaded") && l.contains(&format!("{label}-b_2.tar"))),
-        "{logs}"
-    );
-    assert!(
-        out.stdout.lines().any(|l| l.starts_with("present") && l.contains(&format!("{label}-a_1.tar"))),
-        "{logs}"
-    );
-    assert_eq!(snapshot(host.path()), before, "the read-only hostPath is untouched");
+        // The pod: the rendered list in its ConfigMap volume, the daemon's socket in dind-sock.
+        let list = tempfile::tempdir().unwrap();
+        std::fs::write(
+            list.path().join("images.txt"),
+            format!("# from the chart's ConfigMap\n{}\n{}\n", present.reference, absent.reference),
+        )
+        .unwrap();
+        let values = runner_values();
+        let loader = k8s::container(pod_spec(&values), "preload-images");
+        let name = unique("ipt-docs-loader");
+        let _container = k8s::ContainerGuard(name.clone());
+        let out = run(
+            k8s::docker_run(
+                loader,
+                image,
+                &name,
+                &[
+                    ("dind-sock", HostVolume::DockerSocketDir),
+                    ("preloaded-images", HostVolume::Dir(host.path())),
+                    ("preload-list", HostVolume::Dir(list.path())),
+                ],
+            ),
+            TIMEOUT,
+        );
+        let logs = format!("stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+        out.assert_code(0);
+        assert!(absent.is_local(), "the missing image was loaded: {logs}");
+        assert_eq!(docker(&["image", "inspect", "--format", "{{.Id}}", &absent.reference]), absent.local_id());
+        assert_eq!(docker(&["run", "--rm", "--network", "none", &absent.reference]), absent.marker);
+        assert!(
+            out.stdout.lines().any(|l| l.starts_with("loaded") && l.contains(&format!("{label}-b_2.tar"))),
+            "{logs}"
+        );
+        assert!(
+            out.stdout.lines().any(|l| l.starts_with("present") && l.contains(&format!("{label}-a_1.tar"))),
+            "{logs}"
+        );
+        assert_eq!(snapshot(host.path()), before, "the read-only hostPath is untouched");
+    }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::k8s::{ContainerGuard, docker_socket, test_image};
-use crate::support::{TEST_MIN_FREE, TestImage, docker, files, run, unique};
+use crate::support::{Daemon, TEST_MIN_FREE, TestImage, docker, files, run, unique};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 const MAX_SIZE: u64 = 20 * 1024 * 1024;
@@ -29,7 +29,7 @@ fn inspect(image: &str) -> Value {
 /// after it; the guard removes the container even if the test fails or times out.
 fn run_image(options: &[&str], args: &[&str]) -> (ContainerGuard, crate::support::Finished) {
     let guard = ContainerGuard(unique("ipt-image"));
-    let mut cmd = Command::new("docker");
+    let mut cmd = Daemon::Classic.cli();
     cmd.args(["run", "--rm", "--name", &guard.0])
         .args(["--env", &format!("IMAGE_PRELOADER_MIN_FREE={TEST_MIN_FREE}")])
         .args(options)

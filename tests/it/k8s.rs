@@ -9,6 +9,8 @@ use std::sync::OnceLock;
 
 use serde_yaml_ng::Value;
 
+use crate::support::Daemon;
+
 const TOOLS_HINT: &str = "run scripts/test.sh, which fetches helm and kubernetes-validate into target/tools \
      and builds the container image (docker/build.sh test)";
 
@@ -178,7 +180,8 @@ pub fn test_image() -> &'static str {
         let image =
             std::env::var("IMAGE_PRELOADER_TEST_IMAGE").unwrap_or_else(|_| "image-preloader:test".to_owned());
         crate::support::ensure_docker();
-        let ok = Command::new("docker")
+        let ok = Daemon::Classic
+            .cli()
             .args(["image", "inspect", "--format", "{{.Id}}", &image])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -201,14 +204,10 @@ pub enum HostVolume<'a> {
     DockerSocketDir,
 }
 
-/// The unix socket of the test daemon (`DOCKER_HOST`, else /var/run/docker.sock).
+/// The unix socket of the test's daemon ([`crate::support::daemon`]).
 pub fn docker_socket() -> PathBuf {
-    match std::env::var("DOCKER_HOST") {
-        Ok(host) if !host.is_empty() => PathBuf::from(
-            host.strip_prefix("unix://").unwrap_or_else(|| panic!("DOCKER_HOST={host} is not a unix socket")),
-        ),
-        _ => PathBuf::from("/var/run/docker.sock"),
-    }
+    let host = crate::support::daemon().host();
+    PathBuf::from(host.strip_prefix("unix://").unwrap_or_else(|| panic!("{host} is not a unix socket")))
 }
 
 /// Builds a `docker run` for a rendered container spec the way the kubelet would run it: its
@@ -216,9 +215,11 @@ pub fn docker_socket() -> PathBuf {
 /// `readOnly` honoured), its security context (`readOnlyRootFilesystem`, `runAsUser`/`runAsGroup`,
 /// dropped capabilities, `allowPrivilegeEscalation: false`), no network. The image is replaced by
 /// `image`. Panics on a spec it cannot reproduce faithfully (an unknown volume, `privileged`, an
-/// env var from a reference).
+/// env var from a reference). The container runs on the classic daemon, which plays the node's
+/// container runtime (the image under test is built there); the socket volume holds the test's
+/// daemon, which plays the pod's dind.
 pub fn docker_run(spec: &Value, image: &str, name: &str, volumes: &[(&str, HostVolume)]) -> Command {
-    let mut cmd = Command::new("docker");
+    let mut cmd = Daemon::Classic.cli();
     cmd.args(["run", "--name", name, "--network", "none"]);
     for item in spec["env"].as_sequence().into_iter().flatten() {
         let key = item["name"].as_str().expect("env name");
@@ -288,11 +289,12 @@ pub fn docker_run(spec: &Value, image: &str, name: &str, volumes: &[(&str, HostV
     cmd
 }
 
-/// Removes the named container when the test ends (pass or fail).
+/// Removes the named container (on the classic daemon, where [`docker_run`] runs it) when the test
+/// ends (pass or fail).
 pub struct ContainerGuard(pub String);
 
 impl Drop for ContainerGuard {
     fn drop(&mut self) {
-        crate::support::docker_quiet(&["rm", "-f", &self.0]);
+        crate::support::docker_quiet_on(Daemon::Classic, &["rm", "-f", &self.0]);
     }
 }

@@ -6,9 +6,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-
-use crate::support::{docker, docker_quiet, files, preloader, registry, run, unique};
+use crate::support::{
+    docker, docker_quiet, files, preloader, put_manifest, registry, run, sha256_digest, unique, upload_blob,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -28,75 +28,6 @@ impl Drop for MultiPlatform {
             docker_quiet(&["image", "rm", "-f", id]);
         }
     }
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    let hex: String = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
-}
-
-fn curl(args: &[&str], body: Option<&Path>) -> String {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-fsS"]).args(args);
-    if let Some(body) = body {
-        cmd.arg("--data-binary").arg(format!("@{}", body.display()));
-    }
-    let out = cmd.output().expect("run curl (scripts/test.sh installs it)");
-    assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Uploads a blob (monolithic upload) and returns its digest.
-fn upload(registry: &str, repo: &str, bytes: &[u8], scratch: &Path) -> String {
-    let digest = sha256(bytes);
-    let file = scratch.join(digest.replace(':', "-"));
-    std::fs::write(&file, bytes).unwrap();
-    let headers = curl(
-        &["-X", "POST", "-D", "-", "-o", "/dev/null", &format!("http://{registry}/v2/{repo}/blobs/uploads/")],
-        None,
-    );
-    let location = headers
-        .lines()
-        .find_map(|l| {
-            l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("location")).map(|(_, v)| v.trim())
-        })
-        .expect("an upload location");
-    let location = if location.starts_with("http") {
-        location.to_owned()
-    } else {
-        format!("http://{registry}{location}")
-    };
-    let sep = if location.contains('?') { '&' } else { '?' };
-    curl(
-        &[
-            "-X",
-            "PUT",
-            "-H",
-            "Content-Type: application/octet-stream",
-            "-o",
-            "/dev/null",
-            &format!("{location}{sep}digest={digest}"),
-        ],
-        Some(&file),
-    );
-    digest
-}
-
-fn put_manifest(registry: &str, repo: &str, reference: &str, media_type: &str, body: &[u8], scratch: &Path) {
-    let file = scratch.join(format!("manifest-{}", sha256(body).replace(':', "-")));
-    std::fs::write(&file, body).unwrap();
-    curl(
-        &[
-            "-X",
-            "PUT",
-            "-H",
-            &format!("Content-Type: {media_type}"),
-            "-o",
-            "/dev/null",
-            &format!("http://{registry}/v2/{repo}/manifests/{reference}"),
-        ],
-        Some(&file),
-    );
 }
 
 const MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
@@ -136,18 +67,18 @@ impl MultiPlatform {
             use std::io::Write;
             gzip.stdin.take().unwrap().write_all(&tar).unwrap();
             let layer = gzip.wait_with_output().unwrap().stdout;
-            let layer_digest = upload(registry, &repo, &layer, scratch.path());
+            let layer_digest = upload_blob(registry, &repo, &layer, scratch.path());
             let config = format!(
                 r#"{{"architecture":"{arch}","os":"linux","config":{{"Cmd":["/marker"]}},"rootfs":{{"type":"layers","diff_ids":["{}"]}}}}"#,
-                sha256(&tar)
+                sha256_digest(&tar)
             );
-            let config_digest = upload(registry, &repo, config.as_bytes(), scratch.path());
+            let config_digest = upload_blob(registry, &repo, config.as_bytes(), scratch.path());
             let manifest = format!(
                 r#"{{"schemaVersion":2,"mediaType":"{MANIFEST}","config":{{"mediaType":"application/vnd.docker.container.image.v1+json","size":{},"digest":"{config_digest}"}},"layers":[{{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","size":{},"digest":"{layer_digest}"}}]}}"#,
                 config.len(),
                 layer.len()
             );
-            let manifest_digest = sha256(manifest.as_bytes());
+            let manifest_digest = sha256_digest(manifest.as_bytes());
             put_manifest(registry, &repo, &manifest_digest, MANIFEST, manifest.as_bytes(), scratch.path());
             if arch == "arm64" {
                 put_manifest(registry, &repo, "armonly", MANIFEST, manifest.as_bytes(), scratch.path());

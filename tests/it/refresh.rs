@@ -42,34 +42,33 @@ fn rebuilt(case: &Case) -> bool {
     true
 }
 
-#[test]
-fn positive_age_rebuilds_only_archives_at_least_that_old() {
-    let dir = tempfile::tempdir().unwrap();
-    let missing = case(dir.path(), "age-missing", None);
-    let expired = case(dir.path(), "age-expired", Some(DAY * 8));
-    let exactly = case(dir.path(), "age-exact", Some(DAY * 7 + Duration::from_secs(5)));
-    let fresh = case(dir.path(), "age-fresh", Some(DAY * 6));
-    warm(dir.path(), "7", &[&missing, &expired, &exactly, &fresh]);
-    assert!(rebuilt(&missing));
-    assert!(rebuilt(&expired));
-    assert!(rebuilt(&exactly));
-    assert!(!rebuilt(&fresh), "a 6-day-old archive is kept under a 7-day limit");
-}
+on_both_daemons! {
+    fn positive_age_rebuilds_only_archives_at_least_that_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = case(dir.path(), "age-missing", None);
+        let expired = case(dir.path(), "age-expired", Some(DAY * 8));
+        let exactly = case(dir.path(), "age-exact", Some(DAY * 7 + Duration::from_secs(5)));
+        let fresh = case(dir.path(), "age-fresh", Some(DAY * 6));
+        warm(dir.path(), "7", &[&missing, &expired, &exactly, &fresh]);
+        assert!(rebuilt(&missing));
+        assert!(rebuilt(&expired));
+        assert!(rebuilt(&exactly));
+        assert!(!rebuilt(&fresh), "a 6-day-old archive is kept under a 7-day limit");
+    }
 
-#[test]
-fn zero_rebuilds_every_pass() {
-    let dir = tempfile::tempdir().unwrap();
-    let brand_new = case(dir.path(), "age-zero", Some(Duration::ZERO));
-    warm(dir.path(), "0", &[&brand_new]);
-    assert!(rebuilt(&brand_new));
-}
+    fn zero_rebuilds_every_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let brand_new = case(dir.path(), "age-zero", Some(Duration::ZERO));
+        warm(dir.path(), "0", &[&brand_new]);
+        assert!(rebuilt(&brand_new));
+    }
 
-#[test]
-fn negative_never_rebuilds_an_existing_archive() {
-    let dir = tempfile::tempdir().unwrap();
-    let ancient = case(dir.path(), "age-never", Some(DAY * 1000));
-    let missing = case(dir.path(), "age-never-missing", None);
-    warm(dir.path(), "-1", &[&ancient, &missing]);
-    assert!(!rebuilt(&ancient));
-    assert!(rebuilt(&missing), "a missing archive is still built");
+    fn negative_never_rebuilds_an_existing_archive() {
+        let dir = tempfile::tempdir().unwrap();
+        let ancient = case(dir.path(), "age-never", Some(DAY * 1000));
+        let missing = case(dir.path(), "age-never-missing", None);
+        warm(dir.path(), "-1", &[&ancient, &missing]);
+        assert!(!rebuilt(&ancient));
+        assert!(rebuilt(&missing), "a missing archive is still built");
+    }
 }

@@ -519,6 +519,8 @@ fn the_chart_registry_auth_arguments_pull_from_the_private_registry() {
     replace(&mut args, "--dir", dir.to_str().unwrap());
     replace(&mut args, "--docker-host", &docker_host);
     replace(&mut args, "--min-free", crate::support::TEST_MIN_FREE);
+    // The pod's port is its own; here any free one (another run may hold 9090).
+    replace(&mut args, "--listen", "127.0.0.1:0");
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut running = Running::spawn(isolated(&refs, work.path()));
     running.wait_for_line("saved", TIMEOUT);

@@ -174,6 +174,8 @@ The preloader's arguments (the image's ENTRYPOINT is the binary): `image-preload
 {{- else }}
 - --docker-host
 - {{ include "image-preloader.dockerHost" . | quote }}
+- --listen
+- {{ printf "0.0.0.0:%d" (int .Values.metrics.port) | quote }}
 {{- end }}
 {{- end }}
 
