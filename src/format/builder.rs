@@ -211,13 +211,13 @@ fn uncompressed_layer_type(manifest_media_type: &str) -> &'static str {
     }
 }
 
-/// The registry's image manifest with its layers replaced by the stored (uncompressed) ones, as
-/// `docker save` writes it: each layer's media type, digest (the config's `diff_id`) and size; the
-/// rest (config, annotations) kept.
+/// The registry's image manifest with its decoded layers replaced by the stored (uncompressed)
+/// ones, as `docker save` writes it: each such layer's media type, digest (the config's `diff_id`)
+/// and size; layers stored as served and the rest (config, annotations) kept.
 pub fn uncompressed_manifest(
     manifest: &[u8],
     media_type: &str,
-    stored: &[BlobRef],
+    stored: &[Layer],
 ) -> Result<Bytes, BuildError> {
     let bad = |detail: &str| BuildError::Manifest(detail.to_owned());
     let mut value: serde_json::Value = serde_json::from_slice(manifest).map_err(|e| bad(&e.to_string()))?;
@@ -227,6 +227,10 @@ pub fn uncompressed_manifest(
         return Err(bad("the layer count changed"));
     }
     for (layer, blob) in layers.iter_mut().zip(stored) {
+        if blob.decode == Decode::None {
+            continue;
+        }
+        let blob = &blob.stored;
         let object = layer.as_object_mut().ok_or_else(|| bad("a layer is not an object"))?;
         object.insert("mediaType".into(), json!(uncompressed_layer_type(media_type)));
         object.insert("digest".into(), json!(blob.digest));
@@ -469,14 +473,16 @@ mod tests {
     fn uncompressed_manifest_names_the_stored_layers() {
         let layers: [&[u8]; 2] = [b"one", b"two"];
         let spec = spec(&layers);
-        let stored = [
-            BlobRef { digest: digest_of(b"ONE"), size: 3000 },
-            BlobRef { digest: digest_of(b"TWO"), size: 4000 },
-        ];
+        let gunzipped = |data: &[u8], size| Layer {
+            stored: BlobRef { digest: digest_of(data), size },
+            fetch: BlobRef { digest: digest_of(b"compressed"), size: 10 },
+            decode: Decode::Gzip,
+        };
+        let stored = [gunzipped(b"ONE", 3000), gunzipped(b"TWO", 4000)];
         let rewritten = uncompressed_manifest(&spec.manifest, &spec.manifest_media_type, &stored).unwrap();
         let value: serde_json::Value = serde_json::from_slice(&rewritten).unwrap();
         assert_eq!(value["layers"][1]["mediaType"], "application/vnd.docker.image.rootfs.diff.tar");
-        assert_eq!(value["layers"][1]["digest"], stored[1].digest);
+        assert_eq!(value["layers"][1]["digest"], stored[1].stored.digest);
         assert_eq!(value["layers"][1]["size"], 4000);
         assert_eq!(value["config"]["digest"], spec.config_digest, "the config (the image ID) is kept");
         let oci =
@@ -488,6 +494,15 @@ mod tests {
             uncompressed_manifest(&spec.manifest, &spec.manifest_media_type, &stored[..1]),
             Err(BuildError::Manifest(_))
         ));
+        // A layer stored as served keeps its descriptor.
+        let mixed = [spec.layers[0].clone(), gunzipped(b"TWO", 4000)];
+        let value: serde_json::Value = serde_json::from_slice(
+            &uncompressed_manifest(&spec.manifest, &spec.manifest_media_type, &mixed).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(value["layers"][0]["mediaType"], "application/vnd.docker.image.rootfs.diff.tar.gzip");
+        assert_eq!(value["layers"][0]["digest"], spec.layers[0].stored.digest);
+        assert_eq!(value["layers"][1]["size"], 4000);
     }
 
     #[test]

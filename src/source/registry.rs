@@ -162,8 +162,7 @@ pub async fn prepare(
         })
         .collect();
     let manifest = if layers.iter().any(|l| l.decode != Decode::None) {
-        let stored: Vec<BlobRef> = layers.iter().map(|l| l.stored.clone()).collect();
-        builder::uncompressed_manifest(&resolved.manifest, &resolved.media_type, &stored)
+        builder::uncompressed_manifest(&resolved.manifest, &resolved.media_type, &layers)
             .map_err(|e| refuse(e.to_string()))?
     } else {
         resolved.manifest.clone()
