@@ -125,6 +125,12 @@ pub struct DaemonArgs {
     /// duration such as `2m`.
     #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = parse_duration, env = "IMAGE_PRELOADER_WAIT_TIMEOUT")]
     pub wait_timeout: Duration,
+
+    /// Progress deadline for every daemon call: a pull, export or load that moves no bytes for
+    /// this long, or any other call unanswered for this long, fails that image (the pass goes on).
+    /// Seconds or a duration such as `10m`.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_positive_duration, env = "IMAGE_PRELOADER_STALL_TIMEOUT")]
+    pub stall_timeout: Duration,
 }
 
 /// Where images come from.

@@ -74,6 +74,8 @@ pub struct LoadConfig {
     pub docker_host: String,
     /// How long to wait for the daemon.
     pub wait_timeout: Duration,
+    /// Progress deadline of every daemon call.
+    pub stall_timeout: Duration,
     /// Archives loaded at once.
     pub concurrency: usize,
     /// Any archive not loaded is an error.
@@ -105,6 +107,8 @@ pub struct PreloadConfig {
     pub docker_host: String,
     /// How long to wait for the daemon.
     pub wait_timeout: Duration,
+    /// Progress deadline of every daemon call.
+    pub stall_timeout: Duration,
     /// Images processed at once.
     pub concurrency: usize,
     /// Where images come from.
@@ -312,6 +316,7 @@ fn load_config(args: LoadArgs) -> Result<LoadConfig, ConfigError> {
         all: args.all,
         docker_host: docker_host(&args.daemon)?,
         wait_timeout: args.daemon.wait_timeout,
+        stall_timeout: args.daemon.stall_timeout,
         concurrency: usize::from(args.concurrency),
         strict: args.strict,
         deadline: args.deadline,
@@ -392,6 +397,7 @@ fn preload_config(args: PreloadArgs, default_mode: Mode) -> Result<PreloadConfig
         remove_after_save: args.remove_after_save,
         docker_host,
         wait_timeout: args.daemon.wait_timeout,
+        stall_timeout: args.daemon.stall_timeout,
         concurrency: usize::from(args.concurrency),
         source,
         docker_config: ConfigLocation::from_env(args.docker_config),

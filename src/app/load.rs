@@ -52,6 +52,7 @@ pub(super) async fn load(config: LoadConfig, shutdown: CancellationToken) -> Res
     let wait = config.deadline.map_or(config.wait_timeout, |d| d.min(config.wait_timeout));
     let result = match DockerDaemon::wait_until_ready(&config.docker_host, wait, &shutdown).await {
         Ok((daemon, about)) => {
+            let daemon = daemon.with_stall_timeout(config.stall_timeout);
             info!(docker_host = daemon.host(), version = %about.version, archives = targets.len(), "connected to the docker daemon");
             let outcomes =
                 load_all(&daemon, about.platform.as_ref(), &targets, config.concurrency, deadline, &shutdown)

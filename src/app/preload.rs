@@ -182,6 +182,7 @@ async fn connect(
     shutdown: &CancellationToken,
 ) -> Result<DockerDaemon, DockerError> {
     let (daemon, about) = DockerDaemon::wait_until_ready(&config.docker_host, timeout, shutdown).await?;
+    let daemon = daemon.with_stall_timeout(config.stall_timeout);
     info!(
         docker_host = daemon.host(),
         version = %about.version,

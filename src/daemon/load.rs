@@ -192,16 +192,28 @@ async fn load_one(
                 // the containerd image store.
                 let also: Vec<String> =
                     opened.record.as_ref().and_then(|r| r.repo_digest.clone()).into_iter().collect();
-                match daemon.has_images(&contents, &also).await {
+                let present = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return LoadOutcome::Cancelled,
+                    present = daemon.has_images(&contents, &also) => present,
+                };
+                match present {
                     Ok(true) => {
                         info!("already present in the daemon");
                         return LoadOutcome::Present;
                     }
                     Ok(false) => {}
+                    Err(e) if e.is_stalled() => return failed(e),
                     Err(e) => warn!("cannot tell whether the daemon has it, loading: {e}"),
                 }
-                match daemon.tag_ids(&contents).await {
+                let tags = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return LoadOutcome::Cancelled,
+                    tags = daemon.tag_ids(&contents) => tags,
+                };
+                match tags {
                     Ok(tags) => walked_tags = Some((contents, tags)),
+                    Err(e) if e.is_stalled() => return failed(e),
                     Err(e) => warn!("{e}"),
                 }
             }
@@ -213,13 +225,20 @@ async fn load_one(
     };
 
     let started = Instant::now();
-    let (body, verdict) = opened.stream();
+    let abandon = CancellationToken::new();
+    // Whatever way this returns, the reader stops.
+    let _stop_reader = abandon.clone().drop_guard();
+    let (body, verdict) = opened.stream(abandon.clone());
     let loaded = tokio::select! {
         biased;
         _ = cancel.cancelled() => return LoadOutcome::Cancelled,
         loaded = daemon.load(&target.label, body) => loaded,
     };
-    // The reader ends as soon as the upload does, whichever way it ended.
+    // The reader ends as soon as the upload does, whichever way it ended: a failed upload may
+    // still hold the body (a stalled daemon's connection stays open), so the reader is told.
+    if loaded.is_err() {
+        abandon.cancel();
+    }
     let verdict = verdict.await.unwrap_or(Verdict::Abandoned);
     match (verdict, loaded) {
         (Verdict::Checked { size }, Ok(images)) => {
@@ -242,7 +261,15 @@ async fn load_one(
         (_, Err(e)) => {
             error!("{e}");
             if let Some((contents, before)) = &walked_tags {
-                match daemon.untag_refused(contents, before).await {
+                let untagged = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => {
+                        warn!("shutdown: the daemon may have tagged the image it could not load");
+                        return LoadOutcome::Cancelled;
+                    }
+                    untagged = daemon.untag_refused(contents, before) => untagged,
+                };
+                match untagged {
                     Ok(done) if !done.is_empty() => {
                         warn!("the daemon tagged the image it could not load; {}", done.join(", "))
                     }
@@ -262,6 +289,13 @@ async fn load_one(
 fn foreign(host: &Platform, contents: &ArchiveContents) -> Option<String> {
     let image = contents.images.iter().find_map(|i| i.platform.as_ref().filter(|p| !host.runs(p)))?;
     Some(format!("its image is for {image}, which this daemon ({host}) cannot run"))
+}
+
+/// A daemon call that stalled: the archive fails without being sent (the daemon is not taking
+/// anything).
+fn failed(error: crate::daemon::CallError) -> LoadOutcome {
+    error!("not loaded: {error}");
+    LoadOutcome::Failed(error.to_string())
 }
 
 fn report(problem: ArchiveProblem) -> LoadOutcome {
@@ -351,20 +385,23 @@ impl Opened {
 
     /// The archive's bytes for the upload, and the check's verdict once the file is read. The bytes
     /// from the end-of-archive marker on are sent only if the check passes; otherwise the stream
-    /// ends with an error, which aborts the upload.
+    /// ends with an error, which aborts the upload. Once `abandon` fires, the reader stops waiting
+    /// for the upload to take more.
     fn stream(
         self,
+        abandon: CancellationToken,
     ) -> (
         impl futures_util::Stream<Item = Result<Bytes, io::Error>> + Send + 'static,
         oneshot::Receiver<Verdict>,
     ) {
         let (tx, rx) = mpsc::channel(READ_AHEAD);
         let (verdict_tx, verdict) = oneshot::channel();
+        let upload = Upload { tx, abandon, runtime: tokio::runtime::Handle::current() };
         tokio::task::spawn_blocking(move || {
-            let verdict = read_and_check(self.file, self.record.as_ref(), &tx);
+            let verdict = read_and_check(self.file, self.record.as_ref(), &upload);
             if let Verdict::Problem(problem) = &verdict {
                 // Abort the upload: the body ends with an error instead of its last bytes.
-                let _ = tx.blocking_send(Err(io::Error::other(problem.to_string())));
+                upload.send(Err(io::Error::other(problem.to_string())));
             }
             let _ = verdict_tx.send(verdict);
         });
@@ -413,13 +450,30 @@ enum Verdict {
     Abandoned,
 }
 
-/// Reads `file` to its end, checking every byte on its way to `tx`; holds back the bytes from the
-/// end-of-archive marker on until the check has passed.
-fn read_and_check(
-    mut file: File,
-    record: Option<&Record>,
-    tx: &mpsc::Sender<Result<Bytes, io::Error>>,
-) -> Verdict {
+/// The reader's side of the upload.
+struct Upload {
+    tx: mpsc::Sender<Result<Bytes, io::Error>>,
+    abandon: CancellationToken,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Upload {
+    /// Hands `item` to the upload, waiting for room (on the reader's blocking thread); false once
+    /// the upload is gone or abandoned.
+    fn send(&self, item: Result<Bytes, io::Error>) -> bool {
+        self.runtime.block_on(async {
+            tokio::select! {
+                biased;
+                _ = self.abandon.cancelled() => false,
+                sent = self.tx.send(item) => sent.is_ok(),
+            }
+        })
+    }
+}
+
+/// Reads `file` to its end, checking every byte on its way to the upload; holds back the bytes
+/// from the end-of-archive marker on until the check has passed.
+fn read_and_check(mut file: File, record: Option<&Record>, upload: &Upload) -> Verdict {
     let damaged = |why: String| Verdict::Problem(ArchiveProblem::Damaged(why));
     let mut scanner = TarScanner::new(layout::capture_filter);
     let mut hasher = Sha256::new();
@@ -455,7 +509,7 @@ fn read_and_check(
                 human::bytes(HELD_MAX as u64)
             ));
         }
-        if cut > 0 && tx.blocking_send(Ok(chunk.slice(..cut))).is_err() {
+        if cut > 0 && !upload.send(Ok(chunk.slice(..cut))) {
             return Verdict::Abandoned;
         }
     }
@@ -475,7 +529,7 @@ fn read_and_check(
             return damaged(format!("its sha256 is {sha256}, its record says {}", record.sha256));
         }
     }
-    if !held.is_empty() && tx.blocking_send(Ok(held.freeze())).is_err() {
+    if !held.is_empty() && !upload.send(Ok(held.freeze())) {
         return Verdict::Abandoned;
     }
     Verdict::Checked { size }
@@ -521,11 +575,13 @@ mod tests {
     fn read(bytes: &[u8], record: Option<&Record>) -> (Verdict, Vec<u8>, bool) {
         let (_dir, path) = file_with(bytes);
         let (tx, mut rx) = mpsc::channel(1024);
-        let verdict = read_and_check(File::open(&path).unwrap(), record, &tx);
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let upload = Upload { tx, abandon: CancellationToken::new(), runtime: runtime.handle().clone() };
+        let verdict = read_and_check(File::open(&path).unwrap(), record, &upload);
         if let Verdict::Problem(problem) = &verdict {
-            tx.blocking_send(Err(io::Error::other(problem.to_string()))).unwrap();
+            assert!(upload.send(Err(io::Error::other(problem.to_string()))));
         }
-        drop(tx);
+        drop(upload);
         let (mut sent, mut aborted) = (Vec::new(), false);
         while let Some(item) = rx.blocking_recv() {
             match item {

@@ -1,8 +1,13 @@
 //! A Docker daemon: waiting for it, connecting, and the calls the `load` side makes (is an image
 //! present, stream an archive in). Its use as an image source is [`crate::source::docker`].
+//!
+//! Every call once connected has a progress deadline (`--stall-timeout`): a stream (pull, export,
+//! load) that moves nothing for that long, or any other call left unanswered that long, fails with
+//! "the daemon stalled". Time spent waiting on this side (a slow disk under a load) never counts.
 
 pub mod load;
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
@@ -10,7 +15,7 @@ use bollard::query_parameters::{
     ImportImageOptionsBuilder, RemoveImageOptionsBuilder, TagImageOptionsBuilder,
 };
 use bytes::Bytes;
-use futures_util::stream::StreamExt;
+use futures_util::stream::{BoxStream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -24,10 +29,14 @@ const PING_TIMEOUT: Duration = Duration::from_secs(3);
 const PING_INTERVAL: Duration = Duration::from_millis(500);
 /// How often a "still waiting" line is logged.
 const WAIT_LOG_EVERY: Duration = Duration::from_secs(10);
-/// Time the daemon may take to start answering a request. Exports of large images on the classic
-/// store are staged on the daemon's disk before the first byte, so this is generous; the streams
-/// themselves have no deadline.
+/// The transport's own limit on a request, a backstop only. The real deadline is the progress
+/// deadline ([`DockerDaemon::with_stall_timeout`]).
 const REQUEST_TIMEOUT_SECS: u64 = 60 * 60;
+/// The progress deadline unless configured (`--stall-timeout`). Generous: the classic store stages
+/// a large export on the daemon's disk before its first byte.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(600);
+/// How a call that made no progress within the deadline begins its message.
+const STALLED: &str = "the daemon stalled";
 
 /// Problems reaching the daemon.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -77,6 +86,11 @@ impl CallError {
         };
         CallError { what: what.into(), status, message }
     }
+
+    /// Whether the call failed for want of progress within the deadline (`--stall-timeout`).
+    pub fn is_stalled(&self) -> bool {
+        self.status.is_none() && self.message.starts_with(STALLED)
+    }
 }
 
 /// What the daemon says about itself.
@@ -95,6 +109,106 @@ pub struct DaemonInfo {
 pub struct DockerDaemon {
     client: Docker,
     host: String,
+    stall_timeout: Duration,
+}
+
+/// The message of a call that made no progress within the deadline (a transient failure: it says
+/// "timed out").
+pub fn stalled_message(limit: Duration) -> String {
+    format!("{STALLED}: no progress for {} (--stall-timeout), timed out", humantime::format_duration(limit))
+}
+
+/// When a streaming call last made progress, and whether it is waiting on this side rather than on
+/// the daemon (then it cannot stall).
+#[derive(Debug, Clone)]
+struct Progress(Arc<Mutex<(tokio::time::Instant, bool)>>);
+
+impl Progress {
+    /// Progress starting now, waiting on the daemon.
+    fn new() -> Progress {
+        Progress(Arc::new(Mutex::new((tokio::time::Instant::now(), false))))
+    }
+
+    /// Something moved; `ours` says whether the call now waits on this side.
+    fn moved(&self, ours: bool) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = (tokio::time::Instant::now(), ours);
+    }
+
+    /// Resolves once the call waited on the daemon for `limit` without progress.
+    async fn stalled(&self, limit: Duration) {
+        loop {
+            let (last, ours) = *self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if ours {
+                tokio::time::sleep(limit).await;
+            } else if last.elapsed() >= limit {
+                return;
+            } else {
+                tokio::time::sleep_until(last + limit).await;
+            }
+        }
+    }
+}
+
+/// An upload body that reports to a [`Progress`]: each chunk it hands over is progress (the
+/// transport took the previous one). While its own source has nothing ready (a slow disk), the call
+/// waits on this side; once the source wakes up, it waits on the transport, so on the daemon, again.
+struct Watched<S> {
+    inner: S,
+    progress: Progress,
+}
+
+impl<S: futures_util::Stream + Unpin> futures_util::Stream for Watched<S> {
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<S::Item>> {
+        // Waiting on this side until the source either answers now or wakes its waker later (from
+        // the reader's thread, maybe before this poll returns: so this comes first).
+        self.progress.moved(true);
+        let waker = futures_util::task::waker(Arc::new(SourceReady {
+            transport: cx.waker().clone(),
+            progress: self.progress.clone(),
+        }));
+        let polled = self.inner.poll_next_unpin(&mut std::task::Context::from_waker(&waker));
+        if polled.is_ready() {
+            self.progress.moved(false);
+        }
+        polled
+    }
+}
+
+/// The waker a [`Watched`] body's source gets: the source has something ready, so the upload waits
+/// on the transport again; then the transport is woken as usual.
+struct SourceReady {
+    transport: std::task::Waker,
+    progress: Progress,
+}
+
+impl futures_util::task::ArcWake for SourceReady {
+    fn wake_by_ref(arc_self: &Arc<Self>) {
+        arc_self.progress.moved(false);
+        arc_self.transport.wake_by_ref();
+    }
+}
+
+/// `stream` with a deadline between items: if nothing arrives for `limit`, it yields `on_stall()`
+/// and ends. Time the consumer takes between items does not count.
+pub fn with_deadline<T: Send + 'static, E: Send + 'static>(
+    stream: BoxStream<'static, Result<T, E>>,
+    limit: Duration,
+    on_stall: impl Fn() -> E + Send + 'static,
+) -> BoxStream<'static, Result<T, E>> {
+    futures_util::stream::unfold(Some((stream, on_stall)), move |state| async move {
+        let (mut stream, on_stall) = state?;
+        match tokio::time::timeout(limit, stream.next()).await {
+            Ok(Some(item)) => Some((item, Some((stream, on_stall)))),
+            Ok(None) => None,
+            Err(_) => Some((Err(on_stall()), None)),
+        }
+    })
+    .boxed()
 }
 
 impl DockerDaemon {
@@ -143,6 +257,30 @@ impl DockerDaemon {
     /// The address the daemon was reached at.
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// Sets the progress deadline of every call (see [`DEFAULT_STALL_TIMEOUT`]).
+    pub fn with_stall_timeout(mut self, limit: Duration) -> DockerDaemon {
+        self.stall_timeout = limit;
+        self
+    }
+
+    /// The progress deadline of every call.
+    pub fn stall_timeout(&self) -> Duration {
+        self.stall_timeout
+    }
+
+    /// A call that does not stream: it must answer within the progress deadline, or `on_stall`
+    /// makes its error from the message.
+    pub async fn answer<T, E>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, E>>,
+        on_stall: impl FnOnce(String) -> E,
+    ) -> Result<T, E> {
+        match tokio::time::timeout(self.stall_timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(on_stall(stalled_message(self.stall_timeout))),
+        }
     }
 
     /// The underlying client, for operations outside [`ImageSource`].
@@ -212,18 +350,25 @@ impl DockerDaemon {
                 Some(old) => {
                     let (repo, name_tag) = split_tag(tag);
                     let options = TagImageOptionsBuilder::default().repo(repo).tag(name_tag).build();
-                    self.client
-                        .tag_image(old, Some(options))
-                        .await
-                        .map_err(|e| CallError::new(format!("tagging {old} as {tag}"), e))?;
+                    let what = format!("tagging {old} as {tag}");
+                    let call = async {
+                        self.client.tag_image(old, Some(options)).await.map_err(|e| CallError::new(&what, e))
+                    };
+                    self.answer(call, |message| CallError { what: what.clone(), status: None, message })
+                        .await?;
                     done.push(format!("{tag} names {old} again (not the refused {now})"));
                 }
                 None => {
                     let options = RemoveImageOptionsBuilder::default().build();
-                    self.client
-                        .remove_image(tag, Some(options), None)
-                        .await
-                        .map_err(|e| CallError::new(format!("removing the tag {tag}"), e))?;
+                    let what = format!("removing the tag {tag}");
+                    let call = async {
+                        self.client
+                            .remove_image(tag, Some(options), None)
+                            .await
+                            .map_err(|e| CallError::new(&what, e))
+                    };
+                    self.answer(call, |message| CallError { what: what.clone(), status: None, message })
+                        .await?;
                     done.push(format!("removed {tag} (the refused {now})"));
                 }
             }
@@ -233,36 +378,52 @@ impl DockerDaemon {
 
     /// The ID of the image `name` resolves to, or `None` if the daemon has no such image.
     async fn image_id(&self, name: &str) -> Result<Option<String>, CallError> {
-        match self.client.inspect_image(name).await {
+        let what = format!("inspecting {name}");
+        let stalled = |message| CallError { what: what.clone(), status: None, message };
+        match self.answer(async { Ok(self.client.inspect_image(name).await) }, stalled).await? {
             Ok(info) => Ok(info.id),
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
-            Err(e) => Err(CallError::new(format!("inspecting {name}"), e)),
+            Err(e) => Err(CallError::new(what, e)),
         }
     }
 
     /// Streams an archive to the daemon's load endpoint and returns what it loaded (`name:tag`, or
     /// an image ID for untagged images). If `archive` yields an error, the request is aborted
     /// before its body ends, so the daemon sees a broken upload and loads (and tags) nothing.
+    /// A daemon that takes no bytes and sends no answer for the progress deadline fails the load
+    /// (time `archive` takes to produce its next chunk does not count).
     pub async fn load<S>(&self, label: &str, archive: S) -> Result<Vec<String>, CallError>
     where
         S: futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     {
         let what = format!("loading {label}");
         let load_err = |message| CallError { what: what.clone(), status: None, message };
+        let progress = Progress::new();
+        let body = Watched { inner: Box::pin(archive), progress: progress.clone() };
         let options = ImportImageOptionsBuilder::default().quiet(true).build();
-        let mut progress = self.client.import_image_stream(options, archive, None);
+        let mut answers = self.client.import_image_stream(options, body, None);
         let mut loaded = Vec::new();
-        while let Some(item) = progress.next().await {
-            let info = item.map_err(|e| CallError::new(what.clone(), e))?;
-            if let Some(error) = info.error_detail.and_then(|d| d.message) {
-                return Err(load_err(error));
-            }
-            for line in info.stream.as_deref().unwrap_or("").lines() {
-                if let Some(name) =
-                    line.strip_prefix("Loaded image: ").or_else(|| line.strip_prefix("Loaded image ID: "))
-                {
-                    loaded.push(name.trim().to_owned());
+        let transfer = async {
+            while let Some(item) = answers.next().await {
+                progress.moved(false);
+                let info = item.map_err(|e| CallError::new(what.clone(), e))?;
+                if let Some(error) = info.error_detail.and_then(|d| d.message) {
+                    return Err(load_err(error));
                 }
+                for line in info.stream.as_deref().unwrap_or("").lines() {
+                    if let Some(name) =
+                        line.strip_prefix("Loaded image: ").or_else(|| line.strip_prefix("Loaded image ID: "))
+                    {
+                        loaded.push(name.trim().to_owned());
+                    }
+                }
+            }
+            Ok(())
+        };
+        tokio::select! {
+            result = transfer => result?,
+            _ = progress.stalled(self.stall_timeout) => {
+                return Err(load_err(stalled_message(self.stall_timeout)));
             }
         }
         if loaded.is_empty() {
@@ -301,7 +462,7 @@ async fn try_connect(host: &str) -> Result<(DockerDaemon, DaemonInfo), String> {
         api_version: client.client_version().to_string(),
         platform,
     };
-    Ok((DockerDaemon { client, host: host.to_owned() }, info))
+    Ok((DockerDaemon { client, host: host.to_owned(), stall_timeout: DEFAULT_STALL_TIMEOUT }, info))
 }
 
 /// bollard encodes `X-Registry-Auth` with the standard base64 alphabet, but the daemon decodes
@@ -339,6 +500,69 @@ pub fn registry_auth(lookup: &Lookup) -> Option<bollard::auth::DockerCredentials
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const LIMIT: Duration = Duration::from_secs(10);
+
+    /// A body whose source takes `pause` before each of its `chunks` chunks.
+    fn slow_source(chunks: usize, pause: Duration) -> Watched<BoxStream<'static, u8>> {
+        let source = futures_util::stream::unfold(0, move |i| async move {
+            if i == chunks {
+                return None;
+            }
+            tokio::time::sleep(pause).await;
+            Some((0u8, i + 1))
+        });
+        Watched { inner: source.boxed(), progress: Progress::new() }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_source_is_not_a_stall() {
+        let mut body = slow_source(3, LIMIT * 3);
+        let progress = body.progress.clone();
+        let taken = async { while body.next().await.is_some() {} };
+        tokio::select! {
+            biased;
+            () = taken => {}
+            () = progress.stalled(LIMIT) => panic!("the source's own slowness counted as a stall"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_transport_that_stops_taking_is_a_stall() {
+        let mut body = slow_source(100, Duration::from_millis(10));
+        let progress = body.progress.clone();
+        let started = tokio::time::Instant::now();
+        // Two chunks taken, a third asked for once (the source has it ready 10 ms later, when the
+        // transport is full and no longer asks): the wait is on the transport from then on.
+        body.next().await;
+        body.next().await;
+        assert!(futures_util::poll!(body.next()).is_pending());
+        let taken = started.elapsed();
+        tokio::time::timeout(LIMIT * 2, progress.stalled(LIMIT)).await.expect("a stall");
+        let stalled_after = started.elapsed() - taken;
+        assert!(
+            stalled_after >= LIMIT && stalled_after < LIMIT + Duration::from_secs(1),
+            "{stalled_after:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_stops_ends_with_the_stall_error() {
+        let stream =
+            futures_util::stream::iter([Ok::<u8, String>(1)]).chain(futures_util::stream::pending()).boxed();
+        let items: Vec<_> = with_deadline(stream, LIMIT, || "stalled".to_owned()).collect().await;
+        assert_eq!(items, vec![Ok(1), Err("stalled".to_owned())]);
+    }
+
+    #[test]
+    fn stalls_are_told_apart() {
+        let stalled =
+            CallError { what: "inspecting x".into(), status: None, message: stalled_message(LIMIT) };
+        assert!(stalled.is_stalled());
+        assert!(stalled.to_string().contains("no progress for 10s (--stall-timeout)"));
+        let other = CallError { what: "inspecting x".into(), status: Some(500), message: "boom".into() };
+        assert!(!other.is_stalled());
+    }
 
     #[test]
     fn tags_split_after_the_registry_port() {

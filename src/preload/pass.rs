@@ -240,9 +240,13 @@ impl<S: ImageSource> Preloader<S> {
                     built.pulled,
                 );
                 if self.settings.remove_after_save {
-                    match self.source.remove(&image.reference).await {
-                        Ok(()) => info!("removed the image from the daemon (--remove-after-save)"),
-                        Err(e) => warn!("{e}"),
+                    tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => warn!("shutdown: the image stays in the daemon"),
+                        removed = self.source.remove(&image.reference) => match removed {
+                            Ok(()) => info!("removed the image from the daemon (--remove-after-save)"),
+                            Err(e) => warn!("{e}"),
+                        },
                     }
                 }
                 Outcome::Built(built)
@@ -337,8 +341,11 @@ impl<S: ImageSource> Preloader<S> {
                 pulled.map_err(|e| source_failure(Step::Pull, e, &auth, ""))?
             }
         };
-        let facts =
-            self.source.inspect(&image.reference).await.map_err(|e| Failure::source(Step::Pull, e))?;
+        let facts = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Ok(None),
+            facts = self.source.inspect(&image.reference) => facts.map_err(|e| Failure::source(Step::Pull, e))?,
+        };
         if let (Some(wanted), Some(got)) = (platform, &facts.platform)
             && !provides(wanted, got)
         {

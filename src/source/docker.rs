@@ -9,6 +9,9 @@
 //! layer lives as long as any image holds it, so the repair removes the image and every image
 //! sharing its layers up to the first missing one, then pulls the image again: with nothing
 //! unpacked, the pull fetches every blob.
+//!
+//! Every call has the daemon's progress deadline: a stream that moves nothing, or a call left
+//! unanswered, fails the image.
 
 use bollard::query_parameters::{
     CreateImageOptionsBuilder, ListImagesOptionsBuilder, RemoveImageOptionsBuilder, TagImageOptionsBuilder,
@@ -17,7 +20,7 @@ use bytes::Bytes;
 use futures_util::stream::{BoxStream, StreamExt, TryStreamExt};
 use tracing::debug;
 
-use crate::daemon::{CallError, DockerDaemon, registry_auth};
+use crate::daemon::{CallError, DockerDaemon, registry_auth, stalled_message, with_deadline};
 use crate::format::layout::Lacking;
 use crate::image::reference::Reference;
 use crate::platform::Platform;
@@ -28,6 +31,12 @@ use crate::source::{ImageFacts, ImageSource, Operation, PullOutcome, Pulled, Rep
 fn failed(operation: Operation, image: &Reference, error: bollard::errors::Error) -> SourceError {
     let call = CallError::new(String::new(), error);
     SourceError::new(operation, image.to_string(), call.status, call.message)
+}
+
+/// The source error for a call that made no progress within the deadline.
+fn stalled(operation: Operation, image: &Reference) -> impl FnOnce(String) -> SourceError + use<> {
+    let image = image.to_string();
+    move |message| SourceError::new(operation, image, None, message)
 }
 
 impl ImageSource for DockerDaemon {
@@ -42,10 +51,15 @@ impl ImageSource for DockerDaemon {
         if let Some(platform) = platform {
             options = options.platform(&platform.to_string());
         }
+        let limit = self.stall_timeout();
         let mut progress = self.client().create_image(Some(options.build()), None, registry_auth(auth));
         let mut outcome = PullOutcome::Unknown;
         let mut digest = None;
-        while let Some(item) = progress.next().await {
+        loop {
+            let Ok(item) = tokio::time::timeout(limit, progress.next()).await else {
+                return Err(stalled(Operation::Pull, image)(stalled_message(limit)));
+            };
+            let Some(item) = item else { break };
             let info = item.map_err(|e| failed(Operation::Pull, image, e))?;
             let Some(status) = info.status else { continue };
             if let Some(d) = status.strip_prefix("Digest: ") {
@@ -67,20 +81,23 @@ impl ImageSource for DockerDaemon {
                 .repo(&image.repository())
                 .tag(image.tag().unwrap_or("latest"))
                 .build();
-            self.client()
-                .tag_image(&digested, Some(options))
-                .await
-                .map_err(|e| failed(Operation::Tag, image, e))?;
+            let tag = async {
+                self.client()
+                    .tag_image(&digested, Some(options))
+                    .await
+                    .map_err(|e| failed(Operation::Tag, image, e))
+            };
+            self.answer(tag, stalled(Operation::Tag, image)).await?;
         }
         Ok(Pulled { outcome, digest })
     }
 
     async fn inspect(&self, image: &Reference) -> Result<ImageFacts, SourceError> {
-        let info = self
-            .client()
-            .inspect_image(&image.export_name())
-            .await
-            .map_err(|e| failed(Operation::Inspect, image, e))?;
+        let name = image.export_name();
+        let call = async {
+            self.client().inspect_image(&name).await.map_err(|e| failed(Operation::Inspect, image, e))
+        };
+        let info = self.answer(call, stalled(Operation::Inspect, image)).await?;
         let id = info.id.ok_or_else(|| {
             SourceError::new(
                 Operation::Inspect,
@@ -103,11 +120,14 @@ impl ImageSource for DockerDaemon {
         // The daemon's distribution endpoint resolves the tag at the registry with the credentials
         // passed along (Docker 20.10: a manifest HEAD, then a GET of that manifest by digest to list
         // its platforms). Nothing is downloaded beyond the manifest.
-        let info = self
-            .client()
-            .inspect_registry_image(&image.export_name(), registry_auth(auth))
-            .await
-            .map_err(|e| failed(Operation::Resolve, image, e))?;
+        let name = image.export_name();
+        let call = async {
+            self.client()
+                .inspect_registry_image(&name, registry_auth(auth))
+                .await
+                .map_err(|e| failed(Operation::Resolve, image, e))
+        };
+        let info = self.answer(call, stalled(Operation::Resolve, image)).await?;
         info.descriptor.digest.ok_or_else(|| {
             SourceError::new(
                 Operation::Resolve,
@@ -119,11 +139,14 @@ impl ImageSource for DockerDaemon {
     }
 
     fn export(&self, image: &Reference) -> BoxStream<'static, Result<Bytes, SourceError>> {
-        let image = image.clone();
-        self.client()
+        let limit = self.stall_timeout();
+        let (image, on_stall) = (image.clone(), image.clone());
+        let bytes = self
+            .client()
             .export_image(&image.export_name())
             .map_err(move |e| failed(Operation::Export, &image, e))
-            .boxed()
+            .boxed();
+        with_deadline(bytes, limit, move || stalled(Operation::Export, &on_stall)(stalled_message(limit)))
     }
 
     async fn repair(
@@ -135,7 +158,12 @@ impl ImageSource for DockerDaemon {
     ) -> Result<Repaired, SourceError> {
         let fail = |e| failed(Operation::Repair, image, e);
         let name = image.export_name();
-        let info = self.client().inspect_image(&name).await.map_err(fail)?;
+        let info = self
+            .answer(
+                async { self.client().inspect_image(&name).await.map_err(fail) },
+                stalled(Operation::Repair, image),
+            )
+            .await?;
         let layers = info.root_fs.and_then(|r| r.layers).unwrap_or_default();
         // The layers up to the first missing one (the first when not known): every image holding
         // this chain keeps it unpacked.
@@ -147,11 +175,13 @@ impl ImageSource for DockerDaemon {
         }
         if !chain.is_empty() {
             let options = ListImagesOptionsBuilder::default().all(true).build();
-            for summary in self.client().list_images(Some(options)).await.map_err(fail)? {
+            let list = async { self.client().list_images(Some(options)).await.map_err(fail) };
+            for summary in self.answer(list, stalled(Operation::Repair, image)).await? {
                 if holders.iter().any(|(id, _)| *id == summary.id) {
                     continue;
                 }
-                let Ok(other) = self.client().inspect_image(&summary.id).await else { continue };
+                let other = async { self.client().inspect_image(&summary.id).await.map_err(fail) };
+                let Ok(other) = self.answer(other, stalled(Operation::Repair, image)).await else { continue };
                 let other_layers = other.root_fs.and_then(|r| r.layers).unwrap_or_default();
                 if other_layers.starts_with(chain) {
                     let label = summary
@@ -166,7 +196,8 @@ impl ImageSource for DockerDaemon {
         }
         let options = RemoveImageOptionsBuilder::default().force(true).build();
         for (id, _) in &holders {
-            match self.client().remove_image(id, Some(options.clone()), None).await {
+            let remove = async { Ok(self.client().remove_image(id, Some(options.clone()), None).await) };
+            match self.answer(remove, stalled(Operation::Repair, image)).await? {
                 Ok(_) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {}
                 Err(e) => return Err(fail(e)),
             }
@@ -180,10 +211,14 @@ impl ImageSource for DockerDaemon {
 
     async fn remove(&self, image: &Reference) -> Result<(), SourceError> {
         let options = RemoveImageOptionsBuilder::default().build();
-        self.client()
-            .remove_image(&image.export_name(), Some(options), None)
-            .await
-            .map(drop)
-            .map_err(|e| failed(Operation::Remove, image, e))
+        let name = image.export_name();
+        let call = async {
+            self.client()
+                .remove_image(&name, Some(options), None)
+                .await
+                .map(drop)
+                .map_err(|e| failed(Operation::Remove, image, e))
+        };
+        self.answer(call, stalled(Operation::Remove, image)).await
     }
 }

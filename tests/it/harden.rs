@@ -82,11 +82,13 @@ fn pax_path(path: &str) -> String {
     format!("{len} {record}")
 }
 
-/// A small complete classic image archive.
-fn valid_archive(path: &Path) {
+/// A small complete classic image archive (its config named by digest, as `docker save` does).
+pub(crate) fn valid_archive(path: &Path) {
     let mut out = BufWriter::new(File::create(path).unwrap());
-    file(&mut out, "manifest.json", br#"[{"Config":"c.json","RepoTags":["x:1"],"Layers":["l/layer.tar"]}]"#);
-    file(&mut out, "c.json", b"{}");
+    let config = format!("{}.json", "a".repeat(64));
+    let manifest = format!(r#"[{{"Config":"{config}","RepoTags":["x:1"],"Layers":["l/layer.tar"]}}]"#);
+    file(&mut out, "manifest.json", manifest.as_bytes());
+    file(&mut out, &config, b"{}");
     file(&mut out, "l/layer.tar", &[0u8; 1024]);
     end(&mut out);
 }

@@ -24,6 +24,7 @@ mod registry;
 mod reload;
 mod serve;
 mod sidecar;
+mod stall;
 mod status;
 mod storage;
 mod symlink;
