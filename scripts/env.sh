@@ -26,7 +26,8 @@ as_root() {
   fi
 }
 
-# Debian packages: the daemon, the registry, a static busybox for runnable test images, GNU time.
+# Debian packages: the daemon, the registry, a static busybox for runnable test images, GNU time,
+# openssl (a private CA for the TLS registry test).
 ensure_packages() {
   local missing=()
   command -v dockerd >/dev/null || missing+=(docker.io)
@@ -38,6 +39,7 @@ ensure_packages() {
   [ -x /usr/bin/time ] || missing+=(time)
   command -v curl >/dev/null || missing+=(curl)
   command -v htpasswd >/dev/null || missing+=(apache2-utils)
+  command -v openssl >/dev/null || missing+=(openssl)
   # `script`: the pseudo-terminal of the progress bar test.
   command -v script >/dev/null || missing+=(bsdutils)
   if [ "${#missing[@]}" -gt 0 ]; then

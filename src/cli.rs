@@ -149,6 +149,15 @@ pub enum ModeArg {
     Auto,
 }
 
+/// How registry mode stores layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LayersArg {
+    /// As the registry serves them (gzip): smaller archives; `docker load` decompresses them.
+    Compressed,
+    /// Gunzipped while streaming, as `docker save` writes them: `docker load` only unpacks.
+    Uncompressed,
+}
+
 /// The image source and registry mode's settings.
 #[derive(Debug, Args)]
 pub struct SourceArgs {
@@ -183,6 +192,18 @@ pub struct SourceArgs {
     /// the binary (for registries with a private CA).
     #[arg(long, value_name = "FILE", env = "IMAGE_PRELOADER_CA_FILE")]
     pub ca_file: Option<PathBuf>,
+
+    /// Registry mode: how layers are stored in the archive: `uncompressed` (gunzipped while
+    /// streaming, both digests checked; `docker load` then only unpacks, as with a daemon's
+    /// export) or `compressed` (as the registry serves them: smaller archives, slower loads).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "HOW",
+        default_value = "uncompressed",
+        env = "IMAGE_PRELOADER_LAYERS"
+    )]
+    pub layers: LayersArg,
 }
 
 /// Options of the commands that write archives.

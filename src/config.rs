@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use crate::app::reload::ListSource;
 use crate::cli::{
-    CliCommand, DaemonArgs, ImagesArgs, LoadArgs, ModeArg, OutputFormat, PreloadArgs, RefreshPolicyArg,
-    SourceArgs,
+    CliCommand, DaemonArgs, ImagesArgs, LayersArg, LoadArgs, ModeArg, OutputFormat, PreloadArgs,
+    RefreshPolicyArg, SourceArgs,
 };
 use crate::daemon::{self, DockerError};
 use crate::image::list::{self, ImageListError, ImageSpec};
@@ -19,6 +19,7 @@ use crate::registry::ConfigLocation;
 use crate::registry::RegistryHost;
 use crate::registry::client;
 use crate::registry::host::DOCKER_HUB;
+use crate::source::registry::LayerStorage;
 use crate::store::space::MinFree;
 
 /// Docker's default socket.
@@ -140,6 +141,8 @@ pub struct SourceConfig {
     pub insecure: Vec<String>,
     /// Extra CA certificates (checked readable and valid).
     pub ca_file: Option<PathBuf>,
+    /// How registry mode stores layers.
+    pub layers: LayerStorage,
 }
 
 impl PreloadConfig {
@@ -364,6 +367,10 @@ fn source_config(args: SourceArgs, default_mode: Mode) -> Result<SourceConfig, C
             .map(|h| RegistryHost::new(h.trim()).as_str().to_owned())
             .collect(),
         ca_file: args.ca_file,
+        layers: match args.layers {
+            LayersArg::Compressed => LayerStorage::Compressed,
+            LayersArg::Uncompressed => LayerStorage::Uncompressed,
+        },
     })
 }
 

@@ -44,6 +44,7 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> anyhow::Result<Exit> {
+    one_malloc_arena();
     // One async thread: the work is I/O-bound and file-system work runs on blocking threads; a
     // multi-threaded scheduler only adds wake-ups between workers for every chunk of an export.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -110,4 +111,16 @@ fn usage_error(format: LogFormat, summary: &str, message: &str) -> ExitCode {
 
 fn exit(code: Exit) -> ExitCode {
     ExitCode::from(code as u8)
+}
+
+/// glibc gives each thread that allocates its own malloc arena; the blocking threads (archive
+/// writers, gunzip workers) then each keep freed buffers of their own. One arena measured 1.8 MiB
+/// less peak RSS with two images streaming and no slower: the threads allocate a few buffers per
+/// 64 KiB moved. (musl, the container image's libc, has a single heap anyway.)
+fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: called before any other thread exists; mallopt only sets an allocator parameter.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
 }

@@ -210,8 +210,13 @@ fn registry_source(config: &PreloadConfig, shared: &SharedCredentials) -> Result
     };
     let client = RegistryClient::new(options)?;
     let platform = config.platform.clone().unwrap_or_else(host_platform);
-    info!(platform = %platform, mirrors = config.source.mirrors.len(), "registry client ready");
-    Ok(Source::Registry(Arc::new(RegistrySource::new(client, platform))))
+    info!(
+        platform = %platform,
+        mirrors = config.source.mirrors.len(),
+        layers = ?config.source.layers,
+        "registry client ready"
+    );
+    Ok(Source::Registry(Arc::new(RegistrySource::new(client, platform, config.source.layers))))
 }
 
 pub(super) async fn warm(config: PreloadConfig, shutdown: CancellationToken) -> Result<(), AppError> {

@@ -8,9 +8,11 @@
 //! layer blobs, which the caller streams from the registry. Each byte is produced once, so the
 //! archive can go straight into the store's publish path.
 //!
-//! Layers are kept as the registry serves them (compressed): `docker load` decompresses gzip
-//! layers itself and checks each layer's uncompressed digest against the config's `diff_ids`, so
-//! the loaded image has the same ID as a pull.
+//! Layers are either kept as the registry serves them (compressed: `docker load` decompresses gzip
+//! layers itself and checks each layer's uncompressed digest against the config's `diff_ids`) or
+//! stored uncompressed, as `docker save` writes them (the caller decompresses while streaming; the
+//! archive then carries a manifest of its own naming the uncompressed layers, as `docker save`'s
+//! does). Either way the loaded image has the same ID as a pull: the config is kept byte for byte.
 
 use std::collections::HashSet;
 
@@ -33,6 +35,33 @@ pub struct BlobRef {
     pub size: u64,
 }
 
+/// How a layer's content is produced from the registry blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decode {
+    /// The registry blob, as served.
+    None,
+    /// The registry blob, gunzipped.
+    Gzip,
+}
+
+/// A layer as the archive stores it and where its content comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    /// The file in the archive: its digest names it, its size is in the tar header.
+    pub stored: BlobRef,
+    /// The registry blob it is made from (the same as `stored` when not decoded).
+    pub fetch: BlobRef,
+    /// How.
+    pub decode: Decode,
+}
+
+impl Layer {
+    /// A layer stored as the registry serves it.
+    pub fn as_served(blob: BlobRef) -> Layer {
+        Layer { stored: blob.clone(), fetch: blob, decode: Decode::None }
+    }
+}
+
 /// What the archive is made of.
 #[derive(Debug, Clone)]
 pub struct ArchiveSpec {
@@ -40,7 +69,8 @@ pub struct ArchiveSpec {
     pub repo_tags: Vec<String>,
     /// The fully qualified name (`docker.io/library/nginx:1.27`) for the index annotation, if tagged.
     pub full_name: Option<String>,
-    /// The single-platform image manifest, byte for byte as the registry served it.
+    /// The single-platform image manifest: byte for byte as the registry served it, or (layers
+    /// stored uncompressed) one naming the stored layers, from [`uncompressed_manifest`].
     pub manifest: Bytes,
     /// Its media type (Docker v2 schema 2 or OCI).
     pub manifest_media_type: String,
@@ -49,7 +79,7 @@ pub struct ArchiveSpec {
     /// The config's digest, as the manifest states it.
     pub config_digest: String,
     /// The layers in manifest order (a layer may appear twice; its blob is written once).
-    pub layers: Vec<BlobRef>,
+    pub layers: Vec<Layer>,
 }
 
 /// A piece of the archive, in order.
@@ -57,8 +87,9 @@ pub struct ArchiveSpec {
 pub enum Part {
     /// Bytes the builder made (headers, padding, small files).
     Bytes(Bytes),
-    /// The content of this blob, streamed by the caller: exactly `size` bytes with this digest.
-    Blob(BlobRef),
+    /// The content of this layer, streamed by the caller: exactly `stored.size` bytes with the
+    /// digest `stored.digest`, made from the registry blob `fetch`.
+    Blob(Layer),
 }
 
 /// Why an archive cannot be planned.
@@ -68,6 +99,8 @@ pub enum BuildError {
     Digest(String),
     #[error("the config's content does not match its digest {0}")]
     ConfigDigest(String),
+    #[error("the manifest cannot be rewritten for uncompressed layers: {0}")]
+    Manifest(String),
 }
 
 /// The planned archive: its parts and total size.
@@ -86,7 +119,8 @@ impl ArchivePlan {
             return Err(BuildError::ConfigDigest(spec.config_digest.clone()));
         }
         for layer in &spec.layers {
-            sha256_hex(&layer.digest)?;
+            sha256_hex(&layer.stored.digest)?;
+            sha256_hex(&layer.fetch.digest)?;
         }
         let manifest_digest = format!("sha256:{}", hex(&sha2_digest(&spec.manifest)));
 
@@ -98,8 +132,8 @@ impl ArchivePlan {
         let mut written = HashSet::new();
         written.insert(spec.config_digest.clone());
         for layer in &spec.layers {
-            if written.insert(layer.digest.clone()) {
-                out.blob(&blob_path(&layer.digest), layer);
+            if written.insert(layer.stored.digest.clone()) {
+                out.blob(&blob_path(&layer.stored.digest), layer);
             }
         }
         if written.insert(manifest_digest.clone()) {
@@ -127,7 +161,7 @@ impl ArchivePlan {
         let manifest = json!([{
             "Config": blob_path(&spec.config_digest),
             "RepoTags": if spec.repo_tags.is_empty() { serde_json::Value::Null } else { json!(spec.repo_tags) },
-            "Layers": spec.layers.iter().map(|l| blob_path(&l.digest)).collect::<Vec<_>>(),
+            "Layers": spec.layers.iter().map(|l| blob_path(&l.stored.digest)).collect::<Vec<_>>(),
         }]);
         out.file("manifest.json", &to_json(&manifest));
 
@@ -137,7 +171,7 @@ impl ArchivePlan {
             for tagged in &spec.repo_tags {
                 if let Some((name, tag)) = tagged.rsplit_once(':').filter(|(_, tag)| !tag.contains('/')) {
                     let entry = repositories.entry(name.to_owned()).or_insert_with(|| json!({}));
-                    entry[tag] = json!(sha256_hex(&top.digest)?);
+                    entry[tag] = json!(sha256_hex(&top.stored.digest)?);
                 }
             }
         }
@@ -166,6 +200,44 @@ impl ArchivePlan {
     pub fn manifest_digest(&self) -> &str {
         &self.manifest_digest
     }
+}
+
+/// The media type of an uncompressed layer in a manifest of `manifest_media_type`.
+fn uncompressed_layer_type(manifest_media_type: &str) -> &'static str {
+    if manifest_media_type.contains("docker") {
+        "application/vnd.docker.image.rootfs.diff.tar"
+    } else {
+        "application/vnd.oci.image.layer.v1.tar"
+    }
+}
+
+/// The registry's image manifest with its decoded layers replaced by the stored (uncompressed)
+/// ones, as `docker save` writes it: each such layer's media type, digest (the config's `diff_id`)
+/// and size; layers stored as served and the rest (config, annotations) kept.
+pub fn uncompressed_manifest(
+    manifest: &[u8],
+    media_type: &str,
+    stored: &[Layer],
+) -> Result<Bytes, BuildError> {
+    let bad = |detail: &str| BuildError::Manifest(detail.to_owned());
+    let mut value: serde_json::Value = serde_json::from_slice(manifest).map_err(|e| bad(&e.to_string()))?;
+    let layers =
+        value.get_mut("layers").and_then(|l| l.as_array_mut()).ok_or_else(|| bad("no layers array"))?;
+    if layers.len() != stored.len() {
+        return Err(bad("the layer count changed"));
+    }
+    for (layer, blob) in layers.iter_mut().zip(stored) {
+        if blob.decode == Decode::None {
+            continue;
+        }
+        let blob = &blob.stored;
+        let object = layer.as_object_mut().ok_or_else(|| bad("a layer is not an object"))?;
+        object.insert("mediaType".into(), json!(uncompressed_layer_type(media_type)));
+        object.insert("digest".into(), json!(blob.digest));
+        object.insert("size".into(), json!(blob.size));
+        object.remove("urls");
+    }
+    Ok(Bytes::from(to_json(&value)))
 }
 
 /// `sha256:abc…` → `blobs/sha256/abc…`.
@@ -220,14 +292,15 @@ impl PartsBuilder {
         self.push(&padding(content.len() as u64));
     }
 
-    fn blob(&mut self, path: &str, blob: &BlobRef) {
-        self.push(&header(path, b'0', blob.size, 0o644));
+    fn blob(&mut self, path: &str, layer: &Layer) {
+        let size = layer.stored.size;
+        self.push(&header(path, b'0', size, 0o644));
         if !self.pending.is_empty() {
             self.parts.push(Part::Bytes(self.pending.split().freeze()));
         }
-        self.parts.push(Part::Blob(blob.clone()));
-        self.size += blob.size;
-        self.push(&padding(blob.size));
+        self.parts.push(Part::Blob(layer.clone()));
+        self.size += size;
+        self.push(&padding(size));
     }
 
     /// The end-of-archive marker: two zero blocks.
@@ -297,6 +370,7 @@ mod tests {
         let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
         let layer_refs: Vec<BlobRef> =
             layers.iter().map(|l| BlobRef { digest: digest_of(l), size: l.len() as u64 }).collect();
+        let stored: Vec<Layer> = layer_refs.iter().cloned().map(Layer::as_served).collect();
         let manifest = json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
@@ -310,7 +384,7 @@ mod tests {
             manifest_media_type: "application/vnd.docker.distribution.manifest.v2+json".into(),
             config: Bytes::from_static(config),
             config_digest: digest_of(config),
-            layers: layer_refs,
+            layers: stored,
         }
     }
 
@@ -320,8 +394,8 @@ mod tests {
         for part in plan.parts() {
             match part {
                 Part::Bytes(b) => out.extend_from_slice(b),
-                Part::Blob(blob) => {
-                    let content = layers.iter().find(|l| digest_of(l) == blob.digest).unwrap();
+                Part::Blob(layer) => {
+                    let content = layers.iter().find(|l| digest_of(l) == layer.stored.digest).unwrap();
                     out.extend_from_slice(content);
                 }
             }
@@ -350,7 +424,10 @@ mod tests {
         assert_eq!(contents.images[0].repo_tags, ["reg.io/team/app:1"]);
         assert_eq!(contents.images[0].config_digest.as_deref(), Some(spec.config_digest.as_str()));
         assert_eq!(contents.images[0].layers, 3);
-        assert_eq!(listing.entry(&blob_path(&spec.layers[0].digest)), Some(&EntryKind::File { size: 1000 }));
+        assert_eq!(
+            listing.entry(&blob_path(&spec.layers[0].stored.digest)),
+            Some(&EntryKind::File { size: 1000 })
+        );
         assert_eq!(listing.captured(&blob_path(plan.manifest_digest())), Some(&spec.manifest[..]));
         let index: serde_json::Value =
             serde_json::from_slice(listing.captured("index.json").unwrap()).unwrap();
@@ -362,7 +439,7 @@ mod tests {
         let listing = everything.finish().unwrap();
         let repositories: serde_json::Value =
             serde_json::from_slice(listing.captured("repositories").unwrap()).unwrap();
-        assert_eq!(repositories["reg.io/team/app"]["1"], sha256_hex(&spec.layers[2].digest).unwrap());
+        assert_eq!(repositories["reg.io/team/app"]["1"], sha256_hex(&spec.layers[2].stored.digest).unwrap());
     }
 
     #[test]
@@ -388,8 +465,44 @@ mod tests {
         bad_config.config = Bytes::from_static(b"{}");
         assert!(matches!(ArchivePlan::new(&bad_config), Err(BuildError::ConfigDigest(_))));
         let mut bad_layer = spec(&layers);
-        bad_layer.layers[0].digest = "sha512:abc".into();
+        bad_layer.layers[0].stored.digest = "sha512:abc".into();
         assert!(matches!(ArchivePlan::new(&bad_layer), Err(BuildError::Digest(_))));
+    }
+
+    #[test]
+    fn uncompressed_manifest_names_the_stored_layers() {
+        let layers: [&[u8]; 2] = [b"one", b"two"];
+        let spec = spec(&layers);
+        let gunzipped = |data: &[u8], size| Layer {
+            stored: BlobRef { digest: digest_of(data), size },
+            fetch: BlobRef { digest: digest_of(b"compressed"), size: 10 },
+            decode: Decode::Gzip,
+        };
+        let stored = [gunzipped(b"ONE", 3000), gunzipped(b"TWO", 4000)];
+        let rewritten = uncompressed_manifest(&spec.manifest, &spec.manifest_media_type, &stored).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&rewritten).unwrap();
+        assert_eq!(value["layers"][1]["mediaType"], "application/vnd.docker.image.rootfs.diff.tar");
+        assert_eq!(value["layers"][1]["digest"], stored[1].stored.digest);
+        assert_eq!(value["layers"][1]["size"], 4000);
+        assert_eq!(value["config"]["digest"], spec.config_digest, "the config (the image ID) is kept");
+        let oci =
+            uncompressed_manifest(&spec.manifest, "application/vnd.oci.image.manifest.v1+json", &stored)
+                .unwrap();
+        let oci: serde_json::Value = serde_json::from_slice(&oci).unwrap();
+        assert_eq!(oci["layers"][0]["mediaType"], "application/vnd.oci.image.layer.v1.tar");
+        assert!(matches!(
+            uncompressed_manifest(&spec.manifest, &spec.manifest_media_type, &stored[..1]),
+            Err(BuildError::Manifest(_))
+        ));
+        // A layer stored as served keeps its descriptor.
+        let mixed = [spec.layers[0].clone(), gunzipped(b"TWO", 4000)];
+        let value: serde_json::Value = serde_json::from_slice(
+            &uncompressed_manifest(&spec.manifest, &spec.manifest_media_type, &mixed).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(value["layers"][0]["mediaType"], "application/vnd.docker.image.rootfs.diff.tar.gzip");
+        assert_eq!(value["layers"][0]["digest"], spec.layers[0].stored.digest);
+        assert_eq!(value["layers"][1]["size"], 4000);
     }
 
     #[test]

@@ -432,12 +432,48 @@ impl RegistryClient {
         self.blob_from(self.endpoints(&target.registry), target.clone(), digest.to_owned(), size)
     }
 
+    /// The last `n` bytes of a blob of `size` bytes (a range request; mirrors first, retried like
+    /// [`Self::blob`]). Not checked against the digest: a caller uses them only to plan, and
+    /// checks what it planned against the whole blob when it streams it.
+    pub async fn blob_tail(
+        &self,
+        target: &Target,
+        digest: &str,
+        size: u64,
+        n: u64,
+    ) -> Result<Bytes, RegistryError> {
+        let mut stream = self.blob_range_from(
+            self.endpoints(&target.registry),
+            target.clone(),
+            digest.to_owned(),
+            size,
+            size.saturating_sub(n),
+        );
+        let mut out = BytesMut::with_capacity(n.min(size) as usize);
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(out.freeze())
+    }
+
     fn blob_from(
         &self,
         endpoints: Vec<Endpoint>,
         target: Target,
         digest: String,
         size: u64,
+    ) -> BoxStream<'static, Result<Bytes, RegistryError>> {
+        self.blob_range_from(endpoints, target, digest, size, 0)
+    }
+
+    /// Bytes `start..size` of a blob; only a whole blob (`start` 0) is checked against its digest.
+    fn blob_range_from(
+        &self,
+        endpoints: Vec<Endpoint>,
+        target: Target,
+        digest: String,
+        size: u64,
+        start: u64,
     ) -> BoxStream<'static, Result<Bytes, RegistryError>> {
         let state = BlobState {
             client: self.clone(),
@@ -447,7 +483,8 @@ impl RegistryClient {
             target,
             digest,
             size,
-            received: 0,
+            received: start,
+            whole: start == 0,
             skip: 0,
             hasher: Sha256::new(),
             body: None,
@@ -780,8 +817,10 @@ struct BlobState {
     target: Target,
     digest: String,
     size: u64,
-    /// Bytes passed on so far.
+    /// Bytes passed on so far (or the start of the range asked for).
     received: u64,
+    /// Whether the whole blob passes (then its digest is checked at the end).
+    whole: bool,
     /// Bytes of the current response to drop (a registry that ignored the range).
     skip: u64,
     hasher: Sha256,
@@ -847,6 +886,9 @@ impl BlobState {
 
     fn finish(&mut self) -> Option<Result<Bytes, RegistryError>> {
         self.done = true;
+        if !self.whole {
+            return None;
+        }
         let actual = format!("sha256:{}", hex(&std::mem::take(&mut self.hasher).finalize()));
         if actual != self.digest {
             return Some(Err(self.integrity(format!("its content has digest {actual}"))));

@@ -25,11 +25,12 @@ const WRITEBACK_STEP: u64 = 8 << 20;
 /// The free space is checked again every this many bytes, so an image larger than its estimate
 /// (or of unknown size) still stops at the `--min-free` floor.
 const SPACE_STEP: u64 = 64 << 20;
-/// Batches buffered between the network and the disk writer.
-const CHANNEL_CHUNKS: usize = 8;
+/// Batches buffered between the network and the disk writer (with two images streaming, 8 batches
+/// of 256 KiB each measured 4 MiB more peak RSS than 4 of 128 KiB, at the same speed).
+const CHANNEL_CHUNKS: usize = 4;
 /// The export arrives in small HTTP chunks (about 20 KiB); they are gathered into batches of this
 /// size before crossing to the writer thread. At most `CHANNEL_CHUNKS + 1` batches are in memory.
-const BATCH_BYTES: usize = 256 << 10;
+const BATCH_BYTES: usize = 128 << 10;
 
 /// The disk guard while writing: the floor to keep on the archive file system.
 #[derive(Debug, Clone, Copy)]

@@ -1172,6 +1172,10 @@ fn registry_mode_renders_no_dind_and_a_restricted_pod_apart_from_the_host_path()
         args.windows(2).filter(|w| w[0] == "--registry-mirror").map(|w| &w[1]).collect();
     assert_eq!(mirrors, ["https://dockerhub-cache.example.com", "ghcr.io=https://ghcr-cache.example.com"]);
     assert_eq!(flag(&args, "--insecure-registry"), Some("registry.internal:5000"));
+    assert_eq!(flag(&args, "--layers"), Some("compressed"));
+    let default = render(&["--set", "mode=registry,images={nginx}"]);
+    assert_eq!(flag(&preloader_args(only(&default, "DaemonSet")), "--layers"), Some("uncompressed"));
+    assert!(helm_template(&["--set", "mode=registry,images={nginx},registry.layers=zstd"]).is_err());
     let pre = container(spec, "preloader");
     assert_eq!(pre["securityContext"]["runAsUser"].as_u64(), Some(65532));
     assert!(pre["volumeMounts"].as_sequence().unwrap().iter().all(|m| m["name"] != "dind-sock"));

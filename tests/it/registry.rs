@@ -9,13 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use image_preloader::format::builder::{Decode, Part};
 use image_preloader::image::reference::Reference;
 use image_preloader::platform::Platform;
 use image_preloader::registry::client::{ClientOptions, ErrorKind, RegistryClient, RegistryError, Target};
 use image_preloader::registry::manifest::host_platform;
 use image_preloader::registry::retry::RetryPolicy;
 use image_preloader::registry::{Credentials, Secret};
-use image_preloader::source::registry::{self as archive, Prepared};
+use image_preloader::source::registry::{self as archive, LayerStorage, Prepared};
 
 use crate::support::{TestImage, read_record, registry, temporaries, unique};
 
@@ -32,15 +33,28 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
-/// Prepares and streams `reference` into `path`; returns the plan or the first error.
+/// Prepares and streams `reference` into `path` (layers stored the default way); returns the plan
+/// or the first error.
 fn fetch(
     client: &RegistryClient,
     reference: &str,
     wanted: &Platform,
     path: &Path,
 ) -> Result<Prepared, RegistryError> {
+    fetch_as(client, reference, wanted, path, LayerStorage::default())
+}
+
+/// Like [`fetch`], layers stored as `storage` says.
+fn fetch_as(
+    client: &RegistryClient,
+    reference: &str,
+    wanted: &Platform,
+    path: &Path,
+    storage: LayerStorage,
+) -> Result<Prepared, RegistryError> {
     runtime().block_on(async {
-        let prepared = archive::prepare(client, &Reference::parse(reference).unwrap(), wanted).await?;
+        let prepared =
+            archive::prepare(client, &Reference::parse(reference).unwrap(), wanted, storage).await?;
         let mut file = std::fs::File::create(path).unwrap();
         let mut bytes = archive::stream(client, &prepared);
         while let Some(chunk) = bytes.next().await {
@@ -54,16 +68,60 @@ fn fetch(
 fn registry_archive_loads_to_the_same_image_id_and_runs() {
     let image = TestImage::push_with_data(&format!("ipt/{}", unique("regarchive")), "1", 300_000);
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("app_1.tar");
-    let prepared =
-        fetch(&client(ClientOptions::default()), &image.reference, &host_platform(), &path).unwrap();
-    assert_eq!(std::fs::metadata(&path).unwrap().len(), prepared.plan.size(), "the planned size is exact");
-    assert_eq!(prepared.image_id(), image.id, "the config digest is the image ID");
-    assert_eq!(prepared.resolved.digest, image.digest, "the digest a pull reports");
-    image.assert_loads_and_runs(&path);
-    // `docker load` restored the tag too.
-    let tagged = crate::support::docker(&["image", "inspect", "--format", "{{.Id}}", &image.reference]);
-    assert_eq!(tagged, image.id);
+    let mut sizes = Vec::new();
+    for storage in [LayerStorage::Uncompressed, LayerStorage::Compressed] {
+        let path = dir.path().join(format!("app_1-{storage:?}.tar"));
+        let prepared =
+            fetch_as(&client(ClientOptions::default()), &image.reference, &host_platform(), &path, storage)
+                .unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            prepared.plan.size(),
+            "the planned size is exact"
+        );
+        assert_eq!(prepared.image_id(), image.id, "the config digest is the image ID");
+        assert_eq!(prepared.resolved.digest, image.digest, "the digest a pull reports");
+        let gunzipped = prepared
+            .plan
+            .parts()
+            .iter()
+            .filter(|p| matches!(p, Part::Blob(layer) if layer.decode == Decode::Gzip))
+            .count();
+        let expected =
+            if storage == LayerStorage::Uncompressed { prepared.resolved.image.layers.len() } else { 0 };
+        assert_eq!(gunzipped, expected, "{storage:?}");
+        sizes.push(prepared.plan.size());
+        image.assert_loads_and_runs(&path);
+        // `docker load` restored the tag too.
+        let tagged = crate::support::docker(&["image", "inspect", "--format", "{{.Id}}", &image.reference]);
+        assert_eq!(tagged, image.id);
+    }
+    assert!(sizes[0] > sizes[1], "the data layer compresses: {sizes:?}");
+}
+
+#[test]
+fn uncompressed_layers_are_checked_against_the_diff_ids() {
+    // A layer whose gzip trailer states the wrong size: the proxy rewrites the last 4 bytes of the
+    // range answer (the trailer) so the plan is wrong; streaming must fail, not write a bad tar.
+    let image = TestImage::push_with_data(&format!("ipt/{}", unique("regdiffid")), "1", 200_000);
+    let proxy = FaultProxy::start(|seen, _| {
+        if is_big_blob(seen) && seen.range.as_deref().is_some_and(|r| r != "bytes=0-") {
+            Fault::Corrupt
+        } else {
+            Fault::None
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let err = fetch_as(
+        &client(ClientOptions::default()),
+        &via(&proxy, &image),
+        &host_platform(),
+        &dir.path().join("a.tar"),
+        LayerStorage::Uncompressed,
+    )
+    .unwrap_err();
+    assert!(matches!(err, RegistryError::Integrity { .. }), "{err}");
+    assert!(err.to_string().contains("its gzip trailer states"), "{err}");
 }
 
 #[test]
@@ -612,4 +670,162 @@ fn registry_mirror_flags_with_fallback() {
         warm_cli(other.path(), &["--mode", "registry", "--registry-mirror", "ftp://x"], &[&image.reference]);
     out.assert_code(2);
     assert!(out.stderr.contains("--registry-mirror"), "{}", out.stderr);
+}
+
+// ---- a registry over TLS with a private CA (--ca-file) --------------------------------------------
+
+/// Runs `openssl` with `args` in `dir`, failing loudly if it is missing.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl (Debian package openssl; scripts/test.sh installs it)");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A pull-through registry (distribution's proxy mode, in front of the test registry) served over
+/// TLS with a certificate for 127.0.0.1 signed by a CA made for it; stopped on drop.
+struct TlsRegistry {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    addr: String,
+}
+
+impl TlsRegistry {
+    fn start() -> TlsRegistry {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        openssl(
+            d,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=preloader test CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ],
+        );
+        openssl(
+            d,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                "tls.key",
+                "-out",
+                "tls.csr",
+            ],
+        );
+        std::fs::write(d.join("san.ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+            .unwrap();
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "tls.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "san.ext",
+                "-out",
+                "tls.pem",
+            ],
+        );
+        let addr = {
+            let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().to_string()
+        };
+        let config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {data}\n\
+             proxy:\n  remoteurl: http://{upstream}\nhttp:\n  addr: {addr}\n  tls:\n    certificate: {dir}/tls.pem\n    key: {dir}/tls.key\n",
+            data = d.join("data").display(),
+            upstream = registry(),
+            dir = d.display(),
+        );
+        std::fs::write(d.join("registry.yml"), config).unwrap();
+        let log = std::fs::File::create(d.join("registry.log")).unwrap();
+        let child = std::process::Command::new("docker-registry")
+            .arg("serve")
+            .arg(d.join("registry.yml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("docker-registry (Debian package docker-registry; scripts/test.sh installs it)");
+        let registry = TlsRegistry { child, dir, addr };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(&registry.addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the TLS registry did not start: {}",
+                std::fs::read_to_string(registry.dir.path().join("registry.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        registry
+    }
+
+    fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+}
+
+impl Drop for TlsRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_tls_mirror_with_a_private_ca_is_trusted_with_ca_file_only() {
+    let name = unique("regtls");
+    let image = TestImage::push_with_data(&format!("ipt/{name}"), "1", 100_000);
+    let tls = TlsRegistry::start();
+    let mirror = format!("{}=https://{}", registry(), tls.addr);
+    let ca_file = tls.ca_file();
+
+    // Trusted through --ca-file: the mirror serves the image, no fallback.
+    let trusted = tempfile::tempdir().unwrap();
+    let out = warm_cli(
+        trusted.path(),
+        &["--mode", "registry", "--registry-mirror", &mirror, "--ca-file", ca_file.to_str().unwrap()],
+        &[&image.reference],
+    );
+    out.assert_code(0);
+    assert!(!out.stderr.contains("trying the next"), "the TLS mirror served: {}", out.stderr);
+    let record = read_record(&trusted.path().join(format!("ipt/{name}_1.tar")));
+    assert_eq!(record["image_id"], image.id.as_str());
+    image.assert_loads_and_runs(&trusted.path().join(format!("ipt/{name}_1.tar")));
+
+    // Without it the private CA is unknown: the mirror fails on the certificate and the upstream
+    // serves instead.
+    let untrusted = tempfile::tempdir().unwrap();
+    let out = warm_cli(
+        untrusted.path(),
+        &["--mode", "registry", "--registry-mirror", &mirror],
+        &[&image.reference],
+    );
+    out.assert_code(0);
+    assert!(out.stderr.contains("trying the next"), "{}", out.stderr);
+    assert!(out.stderr.to_ascii_lowercase().contains("certificate"), "{}", out.stderr);
 }

@@ -161,6 +161,8 @@ The preloader's arguments (the image's ENTRYPOINT is the binary): `image-preload
 {{- if eq .Values.mode "registry" }}
 - --mode
 - "registry"
+- --layers
+- {{ .Values.registry.layers | default "uncompressed" | quote }}
 {{- range .Values.registry.mirrors }}
 - --registry-mirror
 - {{ . | quote }}
