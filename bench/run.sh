@@ -285,7 +285,7 @@ ensure_image() { # ref layer...
   local key="$GEN $ref $*" keyfile="$WORK/cache/$(tr '/:' '__' <<<"$ref").key" have
   mkdir -p "$WORK/cache"
   if [ -f "$keyfile" ] && [ "$(sed -n 1p "$keyfile")" = "$key" ]; then
-    have=$(manifest_digest "$ref")
+    have=$(manifest_digest "$ref") || have=  # a tag the registry no longer has: rebuild
     if [ -n "$have" ] && [ "$have" = "$(sed -n 2p "$keyfile")" ]; then return; fi
   fi
   echo "building $ref ($*)" >&2
