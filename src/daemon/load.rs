@@ -193,10 +193,20 @@ async fn load_one(
                 // the containerd image store.
                 let also: Vec<String> =
                     opened.record.as_ref().and_then(|r| r.repo_digest.clone()).into_iter().collect();
-                let present = tokio::select! {
+                // Every tag's image now: for the presence check, and to put tags back if the
+                // daemon refuses the load.
+                let tags = tokio::select! {
                     biased;
                     _ = cancel.cancelled() => return LoadOutcome::Cancelled,
-                    present = daemon.has_images(&contents, &also) => present,
+                    tags = daemon.tag_ids(&contents) => tags,
+                };
+                let present = match &tags {
+                    Ok(tags) => tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => return LoadOutcome::Cancelled,
+                        present = daemon.has_images(&contents, &also, tags) => present,
+                    },
+                    Err(e) => Err(e.clone()),
                 };
                 match present {
                     Ok(true) => {
@@ -207,15 +217,8 @@ async fn load_one(
                     Err(e) if e.is_stalled() => return failed(e),
                     Err(e) => warn!("cannot tell whether the daemon has it, loading: {e}"),
                 }
-                let tags = tokio::select! {
-                    biased;
-                    _ = cancel.cancelled() => return LoadOutcome::Cancelled,
-                    tags = daemon.tag_ids(&contents) => tags,
-                };
-                match tags {
-                    Ok(tags) => walked_tags = Some((contents, tags)),
-                    Err(e) if e.is_stalled() => return failed(e),
-                    Err(e) => warn!("{e}"),
+                if let Ok(tags) = tags {
+                    walked_tags = Some((contents, tags));
                 }
             }
             Err(problem) => return report(problem),

@@ -290,11 +290,17 @@ impl DockerDaemon {
 
     /// Whether the daemon has every image of an archive, under every tag the archive would apply:
     /// each tag (for an untagged image, one of its IDs) resolves to an ID the image gets when
-    /// loaded ([`crate::format::layout::ArchivedImage::loaded_ids`]: the config digest on the classic image store, a
-    /// manifest digest on the containerd image store) or to one of `also`, IDs known to be the same
-    /// content (the registry digest the archive was built from: the ID of the pulled image on the
-    /// containerd store).
-    pub async fn has_images(&self, contents: &ArchiveContents, also: &[String]) -> Result<bool, CallError> {
+    /// loaded ([`crate::format::layout::ArchivedImage::loaded_ids`]: the config digest on the classic
+    /// image store, a manifest digest on the containerd image store) or to one of `also`, IDs known
+    /// to be the same content (the registry digest the archive was built from: the ID of the pulled
+    /// image on the containerd store). `tags` is what [`DockerDaemon::tag_ids`] found, so the tags
+    /// are not asked for twice.
+    pub async fn has_images(
+        &self,
+        contents: &ArchiveContents,
+        also: &[String],
+        tags: &[(String, Option<String>)],
+    ) -> Result<bool, CallError> {
         for image in &contents.images {
             let same = |id: &String| image.loaded_ids.contains(id) || also.contains(id);
             if image.repo_tags.is_empty() {
@@ -310,7 +316,8 @@ impl DockerDaemon {
                 }
             }
             for tag in &image.repo_tags {
-                if !self.image_id(tag).await?.as_ref().is_some_and(same) {
+                let now = tags.iter().find(|(t, _)| t == tag).and_then(|(_, id)| id.as_ref());
+                if !now.is_some_and(same) {
                     return Ok(false);
                 }
             }
